@@ -1,0 +1,1 @@
+"""LeRobot policy plugin over vla_dino tokens (discovered by LeRobot through the distribution name)."""

@@ -1,0 +1,228 @@
+"""`DinoEncoder`: a DINOv2 backbone (transformers' Dinov2 / Dinov2WithRegisters) that exposes
+CLS, register and patch tokens from the last layer or any intermediate layer."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+from transformers import AutoConfig, Dinov2Config, Dinov2Model, Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+
+from vla_dino.encoder import official
+from vla_dino.encoder.preprocessing import ImagePreprocessor
+from vla_dino.encoder.sizes import config_for_size
+
+_OFFICIAL_SUFFIXES = (".pth", ".pt", ".safetensors")
+
+
+@dataclass
+class DinoTokens:
+    """Tokens of one layer. `patch_tokens` are in raster order over `grid_size` = (h, w)."""
+
+    cls_token: torch.Tensor  # (B, D)
+    register_tokens: torch.Tensor  # (B, R, D); R = 0 without registers
+    patch_tokens: torch.Tensor  # (B, h·w, D)
+    grid_size: tuple[int, int]
+
+    def patch_map(self) -> torch.Tensor:
+        """Patch tokens as a feature map (B, D, h, w)."""
+        h, w = self.grid_size
+        return self.patch_tokens.transpose(1, 2).reshape(self.patch_tokens.shape[0], -1, h, w)
+
+
+class DinoEncoder(nn.Module):
+    """DINOv2 ViT on transformers' implementation.
+
+    - `forward(pixel_values)`: last layer, final LayerNorm applied (the released features).
+    - `get_intermediate_layers(pixel_values, layers)`: raw block outputs (no final norm unless
+      `norm=True`); layer -2 is the second-to-last block, which OpenVLA uses.
+    - `bool_masked_pos` (B, h·w): masked patch embeddings are replaced by the mask token before
+      the position embedding is added (iBOT).
+
+    Inputs must be normalised pixels with sides that are multiples of the patch size; use
+    `self.preprocessor` (or `encode`) for raw images. Position embeddings are interpolated as
+    transformers does (bicubic to the new grid; with antialias for register models). The official
+    non-register code adds a +0.1 offset to the scale factor, which transformers does not: outputs
+    are identical at the checkpoint's native grid (37×37 for released models) and differ slightly
+    elsewhere. We follow transformers so that hub models and our exports agree exactly.
+    """
+
+    def __init__(self, config: Dinov2Config | Dinov2WithRegistersConfig, model: nn.Module | None = None) -> None:
+        super().__init__()
+        if model is None:
+            model_cls = Dinov2WithRegistersModel if isinstance(config, Dinov2WithRegistersConfig) else Dinov2Model
+            model = model_cls(config)
+        self.model = model
+        self.config = model.config
+        self.preprocessor = ImagePreprocessor(patch_size=self.patch_size)
+
+    # ---------------------------------------------------------------- construction
+    @classmethod
+    def from_size(cls, name: str, **config_overrides: Any) -> "DinoEncoder":
+        """Random-init encoder of a named size (`vits14`, `vitb14_reg`, `tiny`, …)."""
+        return cls(config_for_size(name, **config_overrides))
+
+    @classmethod
+    def from_pretrained(cls, source: str | Path, **kwargs: Any) -> "DinoEncoder":
+        """Load from a hub id, a local transformers folder (ours included), or an official
+        checkpoint file (`.pth`/`.pt` read with `weights_only=True`, or `.safetensors`).
+
+        For official files, `kwargs` override inferred config fields (e.g. `num_attention_heads`
+        for non-standard widths); otherwise they go to transformers' `from_pretrained`.
+        """
+        path = Path(source)
+        if path.suffix in _OFFICIAL_SUFFIXES and not path.is_dir():
+            return cls._from_official_file(path, **kwargs)
+        if path.is_dir() or str(source).startswith((".", "/", "~")):
+            if not path.is_dir():
+                raise FileNotFoundError(f"encoder folder not found: {path}")
+            if not (path / "config.json").is_file():
+                raise FileNotFoundError(f"{path} has no config.json; expected a transformers DINOv2 folder")
+        config = AutoConfig.from_pretrained(str(source))
+        model_types = {"dinov2": Dinov2Model, "dinov2_with_registers": Dinov2WithRegistersModel}
+        if config.model_type not in model_types:
+            raise ValueError(f"{source}: model_type {config.model_type!r} is not DINOv2 (expected {sorted(model_types)})")
+        model = model_types[config.model_type].from_pretrained(str(source), **kwargs)
+        return cls(model.config, model=model)
+
+    @classmethod
+    def _from_official_file(cls, path: Path, **overrides: Any) -> "DinoEncoder":
+        state = official.read_state_dict(path)
+        config = official.config_from_official(state, **overrides)
+        encoder = cls(config)
+        target = encoder.model.state_dict()
+        converted = official.official_to_transformers(state, set(target), source=str(path))
+        for key, value in converted.items():
+            if value.shape != target[key].shape:
+                raise ValueError(f"{path}: {key} has shape {tuple(value.shape)}, expected {tuple(target[key].shape)}")
+        encoder.model.load_state_dict(converted, strict=True)
+        return encoder
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """A transformers folder (safetensors) that `AutoModel.from_pretrained` loads unchanged."""
+        directory = Path(directory)
+        self.model.save_pretrained(directory, safe_serialization=True)
+        return directory
+
+    def save_official(self, path: str | Path) -> Path:
+        """The backbone in the official DINOv2 layout (loadable by `torch.hub`'s dinov2 models)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in official.transformers_to_official(self.model.state_dict()).items()}
+        if path.suffix == ".safetensors":
+            from safetensors.torch import save_file
+
+            save_file(state, str(path))
+        else:
+            torch.save(state, path)
+        return path
+
+    # ---------------------------------------------------------------- properties
+    @property
+    def hidden_size(self) -> int:
+        return self.config.hidden_size
+
+    @property
+    def patch_size(self) -> int:
+        return int(self.config.patch_size)
+
+    @property
+    def num_register_tokens(self) -> int:
+        return int(getattr(self.config, "num_register_tokens", 0))
+
+    @property
+    def num_layers(self) -> int:
+        return self.config.num_hidden_layers
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.model.encoder.layer
+
+    # ---------------------------------------------------------------- forward
+    def forward(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None = None) -> DinoTokens:
+        """Last-layer tokens after the final LayerNorm."""
+        grid = self._check_inputs(pixel_values, bool_masked_pos)
+        hidden = self.model(pixel_values, bool_masked_pos=bool_masked_pos).last_hidden_state
+        return self._split(hidden, grid)
+
+    def get_intermediate_layers(
+        self,
+        pixel_values: torch.Tensor,
+        layers: int | Sequence[int] = -1,
+        norm: bool = False,
+        bool_masked_pos: torch.Tensor | None = None,
+    ) -> list[DinoTokens]:
+        """Tokens of the given blocks (0-based; negative counts from the end: -1 last, -2 OpenVLA's).
+
+        Only the blocks up to the deepest requested one are run. `norm=True` applies the final
+        LayerNorm to each (DINOv2's `get_intermediate_layers(norm=True)`).
+        """
+        grid = self._check_inputs(pixel_values, bool_masked_pos)
+        wanted = [layers] if isinstance(layers, int) else list(layers)
+        indices = [self._layer_index(i) for i in wanted]
+        hidden = self.model.embeddings(pixel_values, bool_masked_pos=bool_masked_pos)
+        captured: dict[int, torch.Tensor] = {}
+        for index, block in enumerate(self.blocks[: max(indices) + 1]):
+            hidden = block(hidden, None)
+            if index in indices:
+                captured[index] = self.model.layernorm(hidden) if norm else hidden
+        return [self._split(captured[i], grid) for i in indices]
+
+    @torch.no_grad()
+    def encode(self, images: Any, layer: int | None = None) -> DinoTokens:
+        """Raw images (numpy HWC uint8, PIL, tensors; single or batch) → tokens, in eval mode."""
+        parameter = next(self.parameters())
+        pixels = self.preprocessor(images).to(parameter.device, parameter.dtype)
+        if layer is None:
+            return self(pixels)
+        return self.get_intermediate_layers(pixels, layer)[0]
+
+    # ---------------------------------------------------------------- helpers
+    def _layer_index(self, layer: int) -> int:
+        index = layer + self.num_layers if layer < 0 else layer
+        if not 0 <= index < self.num_layers:
+            raise IndexError(f"layer {layer} out of range for a {self.num_layers}-layer encoder")
+        return index
+
+    def _check_inputs(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None) -> tuple[int, int]:
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != self.config.num_channels:
+            raise ValueError(
+                f"pixel_values shape {tuple(pixel_values.shape)}; expected (B, {self.config.num_channels}, H, W)"
+            )
+        if not pixel_values.is_floating_point():
+            raise TypeError(f"pixel_values dtype {pixel_values.dtype}; expected normalised floats (use encoder.preprocessor)")
+        height, width = pixel_values.shape[-2:]
+        patch = self.patch_size
+        if height < patch or width < patch:
+            raise ValueError(f"input of {height}×{width} px is smaller than one {patch}×{patch} patch")
+        if height % patch or width % patch:
+            raise ValueError(
+                f"input of {height}×{width} px is not a multiple of the patch size {patch}; "
+                "resize or crop first (see ImagePreprocessor.resize_mode)"
+            )
+        grid = (height // patch, width // patch)
+        if bool_masked_pos is not None:
+            expected = (pixel_values.shape[0], grid[0] * grid[1])
+            if bool_masked_pos.dtype != torch.bool or tuple(bool_masked_pos.shape) != expected:
+                raise ValueError(
+                    f"bool_masked_pos {bool_masked_pos.dtype} {tuple(bool_masked_pos.shape)}; expected bool {expected}"
+                )
+        return grid
+
+    def _split(self, hidden: torch.Tensor, grid: tuple[int, int]) -> DinoTokens:
+        prefix = 1 + self.num_register_tokens
+        return DinoTokens(
+            cls_token=hidden[:, 0],
+            register_tokens=hidden[:, 1:prefix],
+            patch_tokens=hidden[:, prefix:],
+            grid_size=grid,
+        )
+
+    def extra_repr(self) -> str:
+        return json.dumps(
+            dict(hidden=self.hidden_size, layers=self.num_layers, patch=self.patch_size, registers=self.num_register_tokens)
+        )
