@@ -30,8 +30,6 @@ _BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.(.+)$")
 _BLOCK_RENAMES = {
     "norm1.weight": "norm1.weight",
     "norm1.bias": "norm1.bias",
-    "attn.proj.weight": "attention.output.dense.weight",
-    "attn.proj.bias": "attention.output.dense.bias",
     "ls1.gamma": "layer_scale1.lambda1",
     "norm2.weight": "norm2.weight",
     "norm2.bias": "norm2.bias",
@@ -40,6 +38,16 @@ _BLOCK_RENAMES = {
     "mlp.fc2.weight": "mlp.fc2.weight",
     "mlp.fc2.bias": "mlp.fc2.bias",
     "ls2.gamma": "layer_scale2.lambda1",
+}
+# transformers renamed the attention projections in 5.x; both namings are supported.
+_ATTENTION_NAMES = {
+    "new": {"q": "attention.q_proj", "k": "attention.k_proj", "v": "attention.v_proj", "o": "attention.o_proj"},
+    "old": {
+        "q": "attention.attention.query",
+        "k": "attention.attention.key",
+        "v": "attention.attention.value",
+        "o": "attention.output.dense",
+    },
 }
 _GLOBAL_RENAMES = {
     "cls_token": "embeddings.cls_token",
@@ -133,6 +141,7 @@ def official_to_transformers(
     out: dict[str, torch.Tensor] = {}
     unknown: list[str] = []
     split_swiglu = any(k.endswith("mlp.gate_proj.weight") for k in target_keys)
+    attn = _ATTENTION_NAMES["new" if any(".attention.q_proj." in k for k in target_keys) else "old"]
     for key, value in state.items():
         if key in _GLOBAL_RENAMES:
             out[_GLOBAL_RENAMES[key]] = value
@@ -147,8 +156,10 @@ def official_to_transformers(
             out[prefix + _BLOCK_RENAMES[suffix]] = value
         elif suffix.startswith("attn.qkv."):
             kind = suffix.rsplit(".", 1)[1]  # weight | bias
-            for name, part in zip(("query", "key", "value"), value.chunk(3, dim=0)):
-                out[f"{prefix}attention.attention.{name}.{kind}"] = part
+            for name, part in zip("qkv", value.chunk(3, dim=0)):
+                out[f"{prefix}{attn[name]}.{kind}"] = part
+        elif suffix.startswith("attn.proj."):
+            out[f"{prefix}{attn['o']}.{suffix.rsplit('.', 1)[1]}"] = value
         elif suffix.startswith("mlp.w12."):
             kind = suffix.rsplit(".", 1)[1]
             if split_swiglu:
@@ -187,14 +198,18 @@ def transformers_to_official(state: dict[str, torch.Tensor]) -> dict[str, torch.
         layer, suffix = match.groups()
         block = f"blocks.{layer}."
         kind = suffix.rsplit(".", 1)[-1]
+        attn = next((names for names in _ATTENTION_NAMES.values() if suffix.startswith(names["q"] + ".")), None)
         if suffix in inverse_block:
             out[block + inverse_block[suffix]] = value
-        elif suffix.startswith("attention.attention.query."):
-            q = value
-            k = state[f"encoder.layer.{layer}.attention.attention.key.{kind}"]
-            v = state[f"encoder.layer.{layer}.attention.attention.value.{kind}"]
-            out[f"{block}attn.qkv.{kind}"] = torch.cat([q, k, v], dim=0)
-        elif suffix.startswith(("attention.attention.key.", "attention.attention.value.", "mlp.up_proj.")):
+        elif attn is not None:
+            k = state[f"encoder.layer.{layer}.{attn['k']}.{kind}"]
+            v = state[f"encoder.layer.{layer}.{attn['v']}.{kind}"]
+            out[f"{block}attn.qkv.{kind}"] = torch.cat([value, k, v], dim=0)
+        elif any(suffix.startswith(f"{names['o']}.") for names in _ATTENTION_NAMES.values()):
+            out[f"{block}attn.proj.{kind}"] = value
+        elif any(suffix.startswith((f"{n['k']}.", f"{n['v']}.")) for n in _ATTENTION_NAMES.values()) or suffix.startswith(
+            "mlp.up_proj."
+        ):
             continue  # folded into qkv / w12 with their partner
         elif suffix.startswith("mlp.gate_proj."):
             up = state[f"encoder.layer.{layer}.mlp.up_proj.{kind}"]

@@ -40,7 +40,7 @@ def _to_float_chw(image: Any, index: int | None = None) -> torch.Tensor:
             raise TypeError(f"{where}: numpy dtype {image.dtype}; expected uint8 (H, W, 3)")
         if image.ndim != 3 or image.shape[-1] != 3:
             raise ValueError(f"{where}: numpy shape {tuple(image.shape)}; expected (H, W, 3) RGB, channels last")
-        return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+        return torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1).float().div_(255.0)
     if isinstance(image, torch.Tensor):
         if image.ndim != 3 or image.shape[0] != 3:
             raise ValueError(f"{where}: tensor shape {tuple(image.shape)}; expected (3, H, W), channels first")
