@@ -1,0 +1,167 @@
+"""`vla_dino`: our vision tokenizer (DINOv2, optionally fused with SigLIP) + an action-chunking head.
+
+Command line (draccus): `--policy.type=vla_dino --policy.vision.dino=<size | hub id | folder | .pth>
+--policy.vision.train_mode=frozen|full|last_n --policy.head=mlp|act_decoder --policy.chunk_size=…`.
+
+Normalisation: the tokenizer resizes and normalises each tower itself (ImageNet mean/std for
+DINOv2, 0.5/0.5 for SigLIP) from images in [0, 1], so LeRobot's processors leave VISUAL features
+un-normalised (IDENTITY). STATE, ENV and ACTION use MEAN_STD as LeRobot's ACT does.
+
+Feature mapping (`validate_features`): every VISUAL input becomes a camera of the tokenizer
+(`observation.image` → "image", `observation.images.<name>` → "<name>"), and the low-dimensional
+inputs (`observation.state`, then `observation.environment_state`) are concatenated into the
+tokenizer's proprio token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lerobot.configs import FeatureType, NormalizationMode, PreTrainedConfig
+from lerobot.optim import AdamWConfig, CosineDecayWithWarmupSchedulerConfig
+from lerobot.utils.constants import OBS_ENV_STATE, OBS_IMAGE, OBS_IMAGES, OBS_STATE
+
+from vla_dino.adapter import VisionTokenizerConfig
+
+HEADS = ("mlp", "act_decoder")
+
+
+def camera_name(key: str) -> str:
+    """LeRobot image key → tokenizer camera name."""
+    if key.startswith(OBS_IMAGES + "."):
+        return key[len(OBS_IMAGES) + 1 :]
+    if key == OBS_IMAGE:
+        return "image"
+    raise ValueError(f"image feature {key!r}: expected {OBS_IMAGE!r} or '{OBS_IMAGES}.<camera>'")
+
+
+def default_vision() -> VisionTokenizerConfig:
+    """Released DINOv2 ViT-S/14 with registers, frozen, second-to-last block, 256 tokens of width 512."""
+    return VisionTokenizerConfig(dino="facebook/dinov2-with-registers-small", projector="mlp", out_dim=512)
+
+
+@PreTrainedConfig.register_subclass("vla_dino")
+@dataclass
+class VlaDinoConfig(PreTrainedConfig):
+    """Policy over `VisionTokenizer` tokens.
+
+    Heads (`head`):
+    - "mlp": OpenVLA-OFT-style L1 regression. Each token is projected to `mlp_token_dim`, the
+      sequence is flattened and an MLP-ResNet (`mlp_hidden_dim`, `mlp_num_blocks` residual blocks)
+      regresses the whole chunk (chunk_size × action_dim) at once.
+    - "act_decoder": ACT-style transformer. `chunk_size` learned action queries attend (through
+      `n_decoder_layers` decoder layers) to the image, camera and proprio tokens, which first get
+      learned position + token-type (camera / proprio) embeddings and `n_encoder_layers` of
+      self-attention. No VAE: the loss is L1 as for the MLP head.
+
+    Loss (both heads), with m the action-padding mask from the dataset:
+        L1 = Σ_{b,t,d} m_{b,t} · |â_{b,t,d} − a_{b,t,d}| / (D · Σ_{b,t} m_{b,t})
+
+    Optimisation: AdamW at `optimizer_lr` for the head and tokenizer head (projector, pooling,
+    embeddings), `optimizer_lr_encoder` for trainable tower parameters; linear warm-up then cosine
+    decay (LeRobot's `CosineDecayWithWarmupSchedulerConfig`, rescaled to short runs).
+    """
+
+    n_obs_steps: int = 1
+    chunk_size: int = 16
+    n_action_steps: int = 8
+
+    normalization_mapping: dict[str, NormalizationMode] = field(
+        default_factory=lambda: {
+            "VISUAL": NormalizationMode.IDENTITY,
+            "STATE": NormalizationMode.MEAN_STD,
+            "ENV": NormalizationMode.MEAN_STD,
+            "ACTION": NormalizationMode.MEAN_STD,
+        }
+    )
+
+    vision: VisionTokenizerConfig = field(default_factory=default_vision)
+
+    head: str = "act_decoder"
+    # act_decoder head
+    dim_model: int = 512
+    n_heads: int = 8
+    dim_feedforward: int = 2048
+    n_encoder_layers: int = 1
+    n_decoder_layers: int = 4
+    dropout: float = 0.1
+    # mlp head
+    mlp_token_dim: int = 32
+    mlp_hidden_dim: int = 1024
+    mlp_num_blocks: int = 2
+
+    optimizer_lr: float = 1e-4
+    optimizer_lr_encoder: float = 1e-5
+    optimizer_betas: tuple[float, float] = (0.9, 0.999)
+    optimizer_weight_decay: float = 1e-4
+    optimizer_grad_clip_norm: float = 10.0
+    scheduler_warmup_steps: int = 500
+    scheduler_decay_steps: int = 100_000
+    scheduler_decay_lr: float = 1e-6
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.head not in HEADS:
+            raise ValueError(f"policy.head={self.head!r}; expected one of {list(HEADS)}")
+        if self.n_obs_steps != 1:
+            raise ValueError(f"policy.n_obs_steps={self.n_obs_steps}; vla_dino uses the current observation only (1)")
+        if not 1 <= self.n_action_steps <= self.chunk_size:
+            raise ValueError(
+                f"policy.n_action_steps={self.n_action_steps} must be between 1 and policy.chunk_size={self.chunk_size}"
+            )
+        if self.head == "act_decoder" and self.dim_model % self.n_heads:
+            raise ValueError(f"policy.dim_model={self.dim_model} is not divisible by policy.n_heads={self.n_heads}")
+
+    # ---------------------------------------------------------------- LeRobot hooks
+    @property
+    def observation_delta_indices(self) -> None:
+        return None
+
+    @property
+    def action_delta_indices(self) -> list[int]:
+        return list(range(self.chunk_size))
+
+    @property
+    def reward_delta_indices(self) -> None:
+        return None
+
+    def get_optimizer_preset(self) -> AdamWConfig:
+        return AdamWConfig(
+            lr=self.optimizer_lr,
+            betas=self.optimizer_betas,
+            weight_decay=self.optimizer_weight_decay,
+            grad_clip_norm=self.optimizer_grad_clip_norm,
+        )
+
+    def get_scheduler_preset(self) -> CosineDecayWithWarmupSchedulerConfig:
+        return CosineDecayWithWarmupSchedulerConfig(
+            num_warmup_steps=self.scheduler_warmup_steps,
+            num_decay_steps=self.scheduler_decay_steps,
+            peak_lr=self.optimizer_lr,
+            decay_lr=self.scheduler_decay_lr,
+        )
+
+    @property
+    def low_dim_keys(self) -> list[str]:
+        """Inputs concatenated (in this order) into the proprio token."""
+        features = self.input_features or {}
+        keys = [OBS_STATE] if self.robot_state_feature is not None else []
+        return keys + [OBS_ENV_STATE] if OBS_ENV_STATE in features else keys
+
+    def validate_features(self) -> None:
+        """Map LeRobot's inputs onto the tokenizer: cameras from VISUAL keys, proprio from STATE/ENV."""
+        if not self.image_features:
+            raise ValueError(
+                f"vla_dino needs at least one image input ('{OBS_IMAGE}' or '{OBS_IMAGES}.<camera>'); "
+                f"got input features {sorted(self.input_features or {})}"
+            )
+        if self.action_feature is None:
+            raise ValueError(f"vla_dino needs an 'action' output feature; got {sorted(self.output_features or {})}")
+        for key, feature in (self.input_features or {}).items():
+            if feature.type not in (FeatureType.VISUAL, FeatureType.STATE, FeatureType.ENV):
+                raise ValueError(f"input feature {key!r} of type {feature.type}: vla_dino reads images, state and env state")
+            if feature.type is FeatureType.STATE and key != OBS_STATE:
+                raise ValueError(f"state feature {key!r}: vla_dino reads the state from {OBS_STATE!r}")
+        self.vision.camera_names = [camera_name(key) for key in self.image_features]
+        self.vision.proprio_dim = sum(self.input_features[key].shape[0] for key in self.low_dim_keys)
+        self.vision.__post_init__()  # re-validate the tokenizer config with the mapped fields

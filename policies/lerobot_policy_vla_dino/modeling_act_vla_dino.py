@@ -1,0 +1,28 @@
+"""`ACTVlaDinoPolicy`: LeRobot's `ACTPolicy` with the ResNet feature map replaced by our towers.
+
+Only the image backbone and the 1×1 projection that reads its channels change; the transformer,
+VAE, loss, action queue and temporal ensembling are LeRobot's own code. Tower parameters live
+under `model.backbone`, so ACT's `get_optim_params` gives them `optimizer_lr_backbone`.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from lerobot.policies.act.modeling_act import ACTPolicy
+
+from lerobot_policy_vla_dino.configuration_act_vla_dino import ACTVlaDinoConfig
+from lerobot_policy_vla_dino.feature_map import LayerDict, TowerFeatureMap
+
+
+class ACTVlaDinoPolicy(ACTPolicy):
+    config_class = ACTVlaDinoConfig
+    name = "act_vla_dino"
+
+    def __init__(self, config: ACTVlaDinoConfig, **kwargs) -> None:
+        super().__init__(config, **kwargs)
+        if not config.image_features:
+            return  # environment-state-only ACT: there is no image backbone to swap
+        towers = TowerFeatureMap(config.backbone)
+        self.model.backbone = LayerDict(towers)
+        self.model.encoder_img_feat_input_proj = nn.Conv2d(towers.out_channels, config.dim_model, kernel_size=1)

@@ -1,0 +1,128 @@
+"""`FusedBackbone`: DINOv2 (+ SigLIP) patch features with OpenVLA's semantics.
+
+pixels in [0, 1] (or uint8) → per-tower resize + normalisation → raw output of block `layer`
+of each tower → prefix tokens dropped → grids checked equal → channel concatenation.
+OpenVLA's ViT-L/14 reg + SigLIP so400m/14 at 224² gives (B, 256, 1024 + 1152 = 2176).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+
+import torch
+from torch import nn
+
+from vla_dino.adapter.towers import DinoTower, SiglipTower, Tower
+from vla_dino.encoder import ImagePreprocessor
+
+
+class FusedBackbone(nn.Module):
+    """One or two towers sharing a patch grid; `forward(pixels_01) -> (B, h·w, sum of widths)`.
+
+    `train_mode`: "frozen" (no_grad, requires_grad False, towers stay in eval mode), "full" or
+    "last_n" (the last `trainable_blocks` blocks up to `layer` of each tower). Parameters the
+    features never reach (blocks after `layer`, SigLIP's head and unused final norms) are always
+    frozen, so optimisers and DDP only see parameters that get gradients.
+    """
+
+    def __init__(
+        self,
+        dino: DinoTower,
+        siglip: SiglipTower | None = None,
+        image_size: int = 224,
+        resize_mode: str = "resize",
+        layer: int = -2,
+        final_norm: bool = False,
+        train_mode: str = "frozen",
+        trainable_blocks: int = 0,
+        dtype: str = "float32",
+    ) -> None:
+        super().__init__()
+        self.towers = nn.ModuleList([dino] + ([siglip] if siglip is not None else []))
+        self.image_size, self.layer, self.final_norm = image_size, layer, final_norm
+        self.train_mode, self.dtype = train_mode, dtype
+        grids = {tower.kind: tower.grid_for(image_size) for tower in self.towers}
+        if len(set(grids.values())) > 1:
+            sizes = ", ".join(f"{kind} patch {t.patch_size} → {grids[kind]}" for kind, t in zip(grids, self.towers))
+            raise ValueError(f"tower patch grids differ at image_size {image_size} ({sizes}); the towers need one grid")
+        self.grid_size: tuple[int, int] = grids[dino.kind]
+        for tower in self.towers:
+            tower.layer_index(layer)  # range check now rather than at the first forward
+        # each tower gets its own normalisation; letterbox pads with the tower's mean (→ 0)
+        self.preprocessors = [
+            ImagePreprocessor(size=image_size, resize_mode=resize_mode, patch_size=t.patch_size, mean=t.mean, std=t.std)
+            for t in self.towers
+        ]
+        self._set_trainable(train_mode, trainable_blocks)
+
+    @classmethod
+    def from_sources(cls, dino: str, siglip: str | None = None, **kwargs) -> "FusedBackbone":
+        """Towers from their sources (see `VisionTokenizerConfig.dino` / `.siglip`)."""
+        return cls(DinoTower.load(dino), SiglipTower.load(siglip) if siglip is not None else None, **kwargs)
+
+    @property
+    def dino(self) -> DinoTower:
+        return self.towers[0]
+
+    @property
+    def siglip(self) -> SiglipTower | None:
+        return self.towers[1] if len(self.towers) > 1 else None
+
+    @property
+    def hidden_size(self) -> int:
+        return sum(tower.hidden_size for tower in self.towers)
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid_size[0] * self.grid_size[1]
+
+    # ---------------------------------------------------------------- training modes
+    def _set_trainable(self, train_mode: str, trainable_blocks: int) -> None:
+        self.towers.requires_grad_(False)
+        if train_mode == "frozen":
+            return
+        last_n = trainable_blocks if train_mode == "last_n" else None
+        for tower in self.towers:
+            for module in tower.used_modules(self.layer, self.final_norm, last_n):
+                module.requires_grad_(True)
+
+    def train(self, mode: bool = True) -> "FusedBackbone":
+        super().train(mode)
+        if self.train_mode == "frozen":
+            self.towers.eval()  # frozen towers keep inference behaviour (dropout, drop-path off)
+        return self
+
+    # ---------------------------------------------------------------- forward
+    def preprocess(self, pixels: torch.Tensor) -> list[torch.Tensor]:
+        """(B, 3, H, W) in [0, 1] or uint8 → one resized, normalised tensor per tower."""
+        if pixels.ndim != 4 or pixels.shape[1] != 3:
+            raise ValueError(f"images of shape {tuple(pixels.shape)}; expected (B, 3, H, W)")
+        return [preprocess(pixels) for preprocess in self.preprocessors]
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1] or uint8 → (B, h·w, C_dino [+ C_siglip])."""
+        return self.features(self.preprocess(pixels))
+
+    def features(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        """Per-tower normalised pixels (from `preprocess`) → fused patch features."""
+        if len(inputs) != len(self.towers):
+            raise ValueError(f"{len(inputs)} inputs for {len(self.towers)} towers")
+        grad = contextlib.nullcontext() if self.train_mode != "frozen" else torch.no_grad()
+        with grad, self._autocast(inputs[0].device):
+            features = [tower.patch_tokens(x, self.layer, self.final_norm) for tower, x in zip(self.towers, inputs)]
+        counts = {f.shape[1] for f in features}
+        if len(counts) > 1:
+            raise RuntimeError(f"towers returned different token counts {[f.shape[1] for f in features]}")
+        return torch.cat(features, dim=-1).float()
+
+    def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        if self.dtype != "bfloat16":
+            return contextlib.nullcontext()
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            warnings.warn("dtype='bfloat16' asked but this GPU has no bf16 support; towers run in float32", stacklevel=3)
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+__all__ = ["FusedBackbone", "Tower", "DinoTower", "SiglipTower"]

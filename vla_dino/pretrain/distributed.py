@@ -1,0 +1,141 @@
+"""Process group set-up under torchrun, model wrapping (DDP or FSDP2), and full state dicts
+gathered for rank-0 checkpoints. A plain `python -m vla_dino.pretrain` is world size 1 and
+takes none of the distributed paths."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(request: str, local_rank: int = 0) -> torch.device:
+    if request == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(request)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"--device {request}: CUDA is not available on this machine")
+        if device.index is None:
+            device = torch.device(f"cuda:{local_rank}")
+    return device
+
+
+def init_distributed(device_request: str, backend: str) -> DistInfo:
+    """Reads torchrun's RANK / LOCAL_RANK / WORLD_SIZE; world size 1 when they are absent."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_request, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        if backend == "auto":
+            backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None)
+    return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
+
+
+def cleanup() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(info: DistInfo) -> None:
+    if info.distributed:
+        dist.barrier()
+
+
+def all_gather_objects(obj: Any, info: DistInfo) -> list[Any]:
+    if not info.distributed:
+        return [obj]
+    gathered: list[Any] = [None] * info.world_size
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def broadcast_flag(flag: bool, info: DistInfo) -> bool:
+    """True on every rank if it is true on any (stop signals, NaN stops)."""
+    if not info.distributed:
+        return flag
+    tensor = torch.tensor([int(flag)], device=info.device if info.device.type == "cuda" else "cpu")
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return bool(tensor.item())
+
+
+# ------------------------------------------------------------------ wrapping
+def wrap_model(model: nn.Module, strategy: str, info: DistInfo, find_unused_parameters: bool = False) -> nn.Module:
+    """The module to call forward on. `model` itself keeps the SSL methods (update_teacher, …).
+
+    DDP: gradients all-reduced across ranks; the teacher has no gradients and is kept in
+    step because every rank applies the same EMA to the same student weights.
+    FSDP2: every transformer block of student and teacher, then the whole model, sharded with
+    `fully_shard`; matching shardings let the EMA update act on local shards.
+    """
+    if not info.distributed:
+        return model
+    if strategy == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        device_ids = [info.device.index] if info.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=find_unused_parameters)
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(info.device.type, (info.world_size,))
+    for backbone in (model.student_backbone, model.teacher_backbone):
+        for block in backbone.blocks:
+            fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def model_state_dict(model: nn.Module, strategy: str, info: DistInfo) -> dict[str, torch.Tensor]:
+    """The full (unsharded) state dict on CPU; collective under FSDP (call on every rank)."""
+    if info.distributed and strategy == "fsdp":
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+def optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer, strategy: str, info: DistInfo) -> dict:
+    if info.distributed and strategy == "fsdp":
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return optimizer.state_dict()
+
+
+def load_model_and_optimizer(
+    model: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict, optim_state: dict, strategy: str, info: DistInfo
+) -> None:
+    if info.distributed and strategy == "fsdp":
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+
+        options = StateDictOptions(full_state_dict=True)
+        set_model_state_dict(model, model_state, options=options)
+        set_optimizer_state_dict(model, optimizer, optim_state, options=options)
+        return
+    model.load_state_dict(model_state, strict=True)
+    optimizer.load_state_dict(optim_state)

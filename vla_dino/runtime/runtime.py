@@ -1,0 +1,343 @@
+"""Low-latency batch-1 inference for any LeRobot ``PreTrainedPolicy`` checkpoint.
+
+``PolicyRuntime`` loads a checkpoint folder the way ``lerobot-rollout`` does
+(``PreTrainedConfig.from_pretrained`` → ``get_policy_class(type).from_pretrained`` →
+``make_pre_post_processors(pretrained_path=...)``), so LeRobot's built-in policies and
+plugin policies (our ``vla_dino`` types) load the same way. Per call it
+
+1. copies the raw observation into preallocated (pinned, on CUDA) host buffers and issues
+   non-blocking copies into preallocated device buffers (images travel as uint8: 4× fewer
+   bytes than float32);
+2. converts images to float in [0, 1], CHW, batch 1 on the device — the same arithmetic as
+   ``lerobot.policies.utils.prepare_observation_for_inference``;
+3. runs the checkpoint's preprocessor, ``policy.predict_action_chunk`` (under bf16/fp16
+   autocast, optionally ``torch.compile``-d, optionally replayed from a CUDA graph) and the
+   postprocessor (kept on the device), then one copy of the chunk back to pinned host memory.
+
+Options that need CUDA (pinned memory, CUDA graphs) are skipped on other devices with a
+logged note. A captured CUDA graph is checked against an eager call before it is used and
+dropped (with a warning) when it disagrees.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lerobot.configs.policies import PreTrainedConfig
+from lerobot.policies.factory import get_policy_class, make_pre_post_processors
+from lerobot.policies.pretrained import PreTrainedPolicy
+from lerobot.policies.utils import prepare_observation_for_inference
+from lerobot.utils.import_utils import register_third_party_plugins
+
+from vla_dino.runtime.spec import ArraySpec, ObservationError, PolicySpec
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Graph replay vs eager: same kernels, but capture may select other cuBLAS algorithms.
+GRAPH_CHECK_TOLERANCE = {"fp32": 1e-4, "bf16": 2e-2, "fp16": 1e-2}
+
+
+@dataclass
+class RuntimeConfig:
+    """How to run the policy (CLI-facing through ``vla_dino.runtime.serve``)."""
+
+    device: str = "auto"  # "auto": cuda when available, else cpu
+    dtype: str = "auto"  # fp32 | bf16 | fp16 | auto (bf16 on CUDA, fp32 elsewhere); autocast, weights stay fp32
+    compile: bool = False  # torch.compile(policy.predict_action_chunk)
+    compile_mode: str = "max-autotune-no-cudagraphs"  # "reduce-overhead" uses torch's own CUDA graphs instead of ours
+    compile_backend: str = "inductor"
+    cuda_graphs: bool = True  # capture predict_action_chunk in a CUDA graph (CUDA only)
+    warmup_iters: int = 3
+
+    def resolved_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = torch.device(self.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"--runtime.device={self.device}: CUDA is not available on this machine")
+        return device
+
+    def resolved_dtype(self, device: torch.device) -> str:
+        if self.dtype == "auto":
+            return "bf16" if device.type == "cuda" else "fp32"
+        if self.dtype not in DTYPES:
+            raise ValueError(f"--runtime.dtype={self.dtype!r}: expected one of {sorted(DTYPES)} or 'auto'")
+        return self.dtype
+
+
+def resolve_checkpoint_dir(path: str | Path) -> Path:
+    """Accept ``.../pretrained_model``, its parent checkpoint step folder, or a run's ``checkpoints/last``."""
+    path = Path(path)
+    if (path / "config.json").is_file():
+        return path
+    if (path / "pretrained_model" / "config.json").is_file():
+        return path / "pretrained_model"
+    raise FileNotFoundError(
+        f"{path}: not a LeRobot policy checkpoint (expected config.json here or in {path / 'pretrained_model'}; "
+        "lerobot-train writes <output_dir>/checkpoints/<step>/pretrained_model)"
+    )
+
+
+def load_policy(
+    path: str | Path, device: torch.device | str = "cpu"
+) -> tuple[PreTrainedPolicy, Callable[[dict], dict], Callable[[torch.Tensor], torch.Tensor]]:
+    """Load policy, preprocessor and postprocessor from a checkpoint folder as ``lerobot-rollout`` does.
+
+    The postprocessor is left on ``device`` (LeRobot's default moves actions to the CPU).
+    """
+    register_third_party_plugins()  # LeRobot plugin types (lerobot_policy_*) register on import
+    path = resolve_checkpoint_dir(path)
+    device = torch.device(device)
+    config = PreTrainedConfig.from_pretrained(path)
+    config.pretrained_path = path
+    config.device = device.type
+    policy = get_policy_class(config.type).from_pretrained(path, config=config)
+    policy.to(device).eval()
+    overrides = {"device_processor": {"device": str(device)}}
+    preprocessor, postprocessor = make_pre_post_processors(
+        config, pretrained_path=str(path), preprocessor_overrides=overrides, postprocessor_overrides=overrides
+    )
+    return policy, preprocessor, postprocessor
+
+
+@torch.no_grad()
+def lerobot_predict_chunk(
+    policy: PreTrainedPolicy,
+    preprocessor: Callable[[dict], dict],
+    postprocessor: Callable[[torch.Tensor], torch.Tensor],
+    observation: Mapping[str, np.ndarray],
+    device: torch.device | str,
+    task: str | None = None,
+) -> np.ndarray:
+    """Plain eager LeRobot inference of one chunk: the reference the runtime must match."""
+    batch = prepare_observation_for_inference({k: v.copy() for k, v in observation.items()}, torch.device(device), task)
+    actions = postprocessor(policy.predict_action_chunk(preprocessor(batch)))
+    return actions[0].float().cpu().numpy()
+
+
+class _CapturedPolicy:
+    """``predict_action_chunk`` captured in a CUDA graph with static input/output tensors."""
+
+    def __init__(self, predict: Callable[[dict], torch.Tensor], batch: dict[str, Any]) -> None:
+        self.static_inputs = {k: v.clone() for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        # Non-tensor entries (task strings, ...) are baked into the graph: replay only when they match.
+        self.constants = {k: v for k, v in batch.items() if not isinstance(v, torch.Tensor)}
+        static_batch = {**self.constants, **self.static_inputs}
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):  # warm-up on a side stream, as torch.cuda.graphs docs prescribe
+            for _ in range(2):
+                predict(static_batch)
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.static_output = predict(static_batch)
+
+    def matches(self, batch: Mapping[str, Any]) -> bool:
+        if batch.keys() != {**self.constants, **self.static_inputs}.keys():
+            return False
+        for key, value in batch.items():
+            if key in self.static_inputs:
+                static = self.static_inputs[key]
+                if value.shape != static.shape or value.dtype != static.dtype or value.device != static.device:
+                    return False
+            elif value != self.constants[key]:
+                return False
+        return True
+
+    def __call__(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        for key, static in self.static_inputs.items():
+            static.copy_(batch[key], non_blocking=True)
+        self.graph.replay()
+        return self.static_output
+
+
+class PolicyRuntime:
+    """Warm, batch-1 inference of a LeRobot policy: ``predict_chunk(observation) -> (T, action_dim)``."""
+
+    def __init__(
+        self,
+        policy: PreTrainedPolicy,
+        preprocessor: Callable[[dict], dict],
+        postprocessor: Callable[[torch.Tensor], torch.Tensor],
+        config: RuntimeConfig | None = None,
+    ) -> None:
+        self.config = config or RuntimeConfig()
+        self.device = self.config.resolved_device()
+        self.dtype = self.config.resolved_dtype(self.device)
+        n_obs_steps = getattr(policy.config, "n_obs_steps", 1)
+        if n_obs_steps != 1:
+            raise ValueError(
+                f"policy type '{policy.config.type}' has n_obs_steps={n_obs_steps}: the runtime feeds one "
+                "observation per call; use lerobot-rollout for policies with observation history"
+            )
+        self.policy = policy.to(self.device).eval()
+        self.preprocessor = preprocessor
+        self.postprocessor = postprocessor
+        self._lock = threading.Lock()
+        self._graph: _CapturedPolicy | None = None
+        self._graph_misses = 0
+        self.notes: list[str] = []  # what was enabled / skipped, for logs and benchmark tables
+
+        self._predict: Callable[[dict], torch.Tensor] = policy.predict_action_chunk
+        if self.config.compile:
+            self._predict = torch.compile(
+                policy.predict_action_chunk, mode=self.config.compile_mode, backend=self.config.compile_backend
+            )
+            self._note(f"torch.compile on (backend={self.config.compile_backend}, mode={self.config.compile_mode})")
+        self._note(f"device={self.device}, autocast dtype={self.dtype}")
+
+        pin = self.device.type == "cuda"
+        if not pin:
+            self._note("pinned host buffers skipped: device is not CUDA")
+        inputs = PolicySpec.from_config(policy.config, chunk_size=0).inputs
+        self._host = {s.name: torch.empty(s.shape, dtype=_torch_dtype(s), pin_memory=pin) for s in inputs}
+        self._dev = {
+            s.name: (torch.empty(s.shape, dtype=_torch_dtype(s), device=self.device) if pin else self._host[s.name])
+            for s in inputs
+        }
+        self._warmup()
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, config: RuntimeConfig | None = None) -> PolicyRuntime:
+        config = config or RuntimeConfig()
+        policy, preprocessor, postprocessor = load_policy(path, config.resolved_device())
+        return cls(policy, preprocessor, postprocessor, config)
+
+    # ------------------------------------------------------------------ public API
+
+    def predict_chunk(self, observation: Mapping[str, np.ndarray], task: str | None = None) -> np.ndarray:
+        """One action chunk ``(T, action_dim)`` float32 for a raw observation (uint8 HWC images, float32 vectors)."""
+        self.spec.validate(observation)
+        with self._lock:
+            return self._run(observation, task)
+
+    def reset(self) -> None:
+        """Start of an episode: reset the policy's own state (queues, ensemblers)."""
+        self.policy.reset()
+
+    # ------------------------------------------------------------------ internals
+
+    def _note(self, message: str) -> None:
+        self.notes.append(message)
+        logger.info("runtime: %s", message)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=DTYPES[self.dtype])
+
+    def _policy_call(self, batch: dict) -> torch.Tensor:
+        with self._autocast():
+            return self._predict(batch)
+
+    @torch.inference_mode()
+    def _preprocess(self, observation: Mapping[str, np.ndarray], task: str | None) -> dict:
+        for name, host in self._host.items():
+            host.copy_(torch.from_numpy(np.ascontiguousarray(observation[name])))
+            if self._dev[name] is not host:
+                self._dev[name].copy_(host, non_blocking=True)
+        batch: dict[str, Any] = {}
+        for spec in self.spec.inputs:
+            x = self._dev[spec.name]
+            # Same arithmetic as prepare_observation_for_inference: float32 / 255, HWC -> CHW, batch 1.
+            batch[spec.name] = (x.to(torch.float32) / 255).permute(2, 0, 1).unsqueeze(0) if spec.is_image else x.unsqueeze(0)
+        batch["task"] = task or ""
+        batch["robot_type"] = ""
+        return self.preprocessor(batch)
+
+    @torch.inference_mode()
+    def _run(self, observation: Mapping[str, np.ndarray], task: str | None) -> np.ndarray:
+        batch = self._preprocess(observation, task)
+        if self._graph is not None and self._graph.matches(batch):
+            actions = self._graph(batch)
+        else:
+            if self._graph is not None:
+                self._graph_misses += 1
+                if self._graph_misses == 1:
+                    logger.warning("runtime: batch differs from the captured CUDA graph's (shape/task); running eagerly")
+            actions = self._policy_call(batch)
+        actions = self.postprocessor(actions)[0].float()
+        if self.device.type == "cuda":  # one non-blocking copy into pinned memory, then wait for the stream
+            self._out.copy_(actions, non_blocking=True)
+            torch.cuda.current_stream(self.device).synchronize()
+            return self._out.numpy().copy()
+        return actions.cpu().numpy().copy()
+
+    def _synthetic_observation(self, inputs: tuple[ArraySpec, ...], seed: int = 0) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng(seed)
+        return {
+            s.name: rng.integers(0, 256, s.shape, dtype=np.uint8) if s.is_image else rng.standard_normal(s.shape).astype(np.float32)
+            for s in inputs
+        }
+
+    def _warmup(self) -> None:
+        config = self.policy.config
+        inputs = PolicySpec.from_config(config, chunk_size=0).inputs
+        self.spec = PolicySpec(config.type, inputs, 0, 0)  # completed below once the chunk shape is known
+        observation = self._synthetic_observation(inputs)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            batch = self._preprocess(observation, None)
+            chunk = self._policy_call(batch)
+        if chunk.ndim != 3 or chunk.shape[0] != 1:
+            raise ValueError(f"{type(self.policy).__name__}.predict_action_chunk returned shape {tuple(chunk.shape)}, expected (1, T, action_dim)")
+        self.spec = PolicySpec.from_config(config, chunk_size=chunk.shape[1])
+        self._out = torch.empty((chunk.shape[1], chunk.shape[2]), dtype=torch.float32, pin_memory=self.device.type == "cuda")
+        for _ in range(max(self.config.warmup_iters - 1, 0)):
+            self._run(observation, None)
+        self._note(f"warm-up: {self.config.warmup_iters} calls in {time.perf_counter() - start:.2f} s")
+        if self.config.cuda_graphs:
+            self._try_capture(observation)
+
+    def _try_capture(self, capture_observation: dict[str, np.ndarray]) -> None:
+        if self.device.type != "cuda":
+            self._note(f"CUDA graphs skipped: device is {self.device.type}")
+            return
+        if self.config.compile and self.config.compile_mode == "reduce-overhead":
+            self._note("CUDA graphs left to torch.compile (mode=reduce-overhead)")
+            return
+        # Check the replay on another observation than the captured one, so stale inputs would show.
+        check_observation = self._synthetic_observation(self.spec.inputs, seed=1)
+        with torch.inference_mode():
+            try:
+                graph = _CapturedPolicy(self._policy_call, self._preprocess(capture_observation, None))
+                batch = self._preprocess(check_observation, None)
+                replayed = graph(batch).float().clone()
+                eager = self._policy_call(batch).float()
+            except Exception as error:  # capture is impossible for some policies (host syncs, dynamic shapes)
+                logger.warning("runtime: CUDA graph capture failed, running without it: %s", error)
+                self._note(f"CUDA graphs off: capture failed ({type(error).__name__})")
+                return
+        scale = 1.0 + eager.abs().max().item()
+        error = (replayed - eager).abs().max().item()
+        if error > GRAPH_CHECK_TOLERANCE[self.dtype] * scale:
+            logger.warning("runtime: CUDA graph output differs from eager by %.3g (stochastic policy?); not using it", error)
+            self._note(f"CUDA graphs off: replay differs from eager by {error:.3g}")
+            return
+        self._graph = graph
+        self._note(f"CUDA graph captured (replay vs eager max diff {error:.2g})")
+
+
+def _torch_dtype(spec: ArraySpec) -> torch.dtype:
+    return torch.uint8 if spec.dtype == "uint8" else torch.float32
+
+
+__all__ = [
+    "ObservationError",
+    "PolicyRuntime",
+    "RuntimeConfig",
+    "load_policy",
+    "lerobot_predict_chunk",
+    "resolve_checkpoint_dir",
+]

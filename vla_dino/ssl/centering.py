@@ -1,0 +1,91 @@
+"""Teacher targets: Sinkhorn-Knopp (SwAV / DINOv2) or softmax with an EMA centre (DINO).
+
+Both compute in fp32 and all-reduce their sums across ranks, so targets on N ranks equal
+the targets of one process holding the concatenated batch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vla_dino.ssl.dist import all_reduce_max, all_reduce_sum
+
+
+@torch.no_grad()
+def sinkhorn_knopp(logits: torch.Tensor, temperature: float, iterations: int = 3) -> torch.Tensor:
+    """Sinkhorn-Knopp targets (B, K) for teacher logits (B, K), B summed over ranks.
+
+    Q = exp(t / τ)ᵀ (K × B), Q ← Q / ΣQ, then `iterations` times:
+    rows ← rows / (K · row sums) (every prototype gets mass 1/K),
+    columns ← columns / (B · column sums) (every sample gets mass 1/B); return B·Qᵀ
+    (each row a distribution). Row sums and B are all-reduced. The global max is
+    subtracted first (exact after normalisation, avoids fp32 overflow at small τ).
+    """
+    scaled = logits.float() / temperature
+    peak = scaled.max() if scaled.numel() else scaled.new_tensor(float("-inf"))
+    peak = all_reduce_max(peak.clone())
+    q = torch.exp(scaled - peak).t()  # (K, B)
+    num_prototypes = q.shape[0]
+    num_samples = all_reduce_sum(torch.tensor(float(q.shape[1]), device=q.device))
+    q /= all_reduce_sum(q.sum())
+    for _ in range(iterations):
+        q /= all_reduce_sum(q.sum(dim=1, keepdim=True))
+        q /= num_prototypes
+        q /= q.sum(dim=0, keepdim=True)
+        q /= num_samples
+    q *= num_samples
+    return q.t()
+
+
+class SoftmaxCenter(nn.Module):
+    """DINO's centring: targets softmax((t − c) / τ); c ← m·c + (1 − m)·mean(t) after each call,
+    the mean taken over all rows on all ranks."""
+
+    center: torch.Tensor
+
+    def __init__(self, dim: int, momentum: float = 0.9) -> None:
+        super().__init__()
+        self.momentum = momentum
+        self.register_buffer("center", torch.zeros(1, dim))
+
+    @torch.no_grad()
+    def forward(self, logits: torch.Tensor, temperature: float) -> torch.Tensor:
+        logits = logits.float()
+        targets = F.softmax((logits - self.center) / temperature, dim=-1)
+        self.update(logits)
+        return targets
+
+    @torch.no_grad()
+    def update(self, logits: torch.Tensor) -> None:
+        stats = torch.cat([logits.float().sum(dim=0), logits.new_tensor([logits.shape[0]], dtype=torch.float32)])
+        stats = all_reduce_sum(stats)
+        count = stats[-1].clamp(min=1.0)
+        batch_center = (stats[:-1] / count).unsqueeze(0)
+        has_rows = (stats[-1] > 0).float()  # keep the centre when no rank had rows (no masked patches)
+        momentum = 1.0 - (1.0 - self.momentum) * has_rows
+        self.center.mul_(momentum).add_((1.0 - momentum) * batch_center)
+
+
+class TeacherTargets(nn.Module):
+    """Teacher logits → target distributions with the configured centering."""
+
+    def __init__(self, dim: int, centering: str, center_momentum: float = 0.9, sinkhorn_iterations: int = 3) -> None:
+        super().__init__()
+        if centering not in ("sinkhorn", "softmax"):
+            raise ValueError(f"centering {centering!r}; expected 'sinkhorn' or 'softmax'")
+        self.centering = centering
+        self.sinkhorn_iterations = sinkhorn_iterations
+        self.softmax_center = SoftmaxCenter(dim, center_momentum) if centering == "softmax" else None
+
+    @torch.no_grad()
+    def forward(self, logits: torch.Tensor, temperature: float) -> torch.Tensor:
+        if self.softmax_center is None:
+            return sinkhorn_knopp(logits, temperature, self.sinkhorn_iterations)
+        return self.softmax_center(logits, temperature)
+
+    def center_norm(self) -> torch.Tensor:
+        if self.softmax_center is None:
+            return torch.zeros(())
+        return self.softmax_center.center.norm()
