@@ -86,6 +86,8 @@ class FusedBackbone(nn.Module):
         for tower in self.towers:
             for module in tower.used_modules(self.layer, self.final_norm, last_n):
                 module.requires_grad_(True)
+            for parameter in tower.unused_parameters():
+                parameter.requires_grad_(False)
 
     def train(self, mode: bool = True) -> "FusedBackbone":
         super().train(mode)

@@ -21,7 +21,7 @@ class VisionTokenizerConfig:
       (facebook/dinov2-with-registers-large), a local transformers folder (our pretrain export
       included) or an official `.pth`/`.safetensors` file.
     - `siglip`: None for the DINO-only path; else a hub id (google/siglip-so400m-patch14-224), a
-      local folder (SiglipVisionModel or full SiglipModel), or "so400m" / "tiny" (random init).
+      local folder (SiglipVisionModel or full SiglipModel), or "so400m" / "tiny" / "small-test" (random init).
 
     Features: `layer` picks the block whose *raw* output is used (0-based; negative counts from the
     end; -2 = second-to-last = OpenVLA). `final_norm=True` applies each tower's final LayerNorm on

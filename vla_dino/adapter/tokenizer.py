@@ -33,6 +33,9 @@ class VisionTokens:
 
 
 class VisionTokenizer(nn.Module):
+    """`out_dim`: token width; `num_tokens`: tokens per observation (all cameras + proprio);
+    `tokens_per_camera`: h·w patches, or fewer after token reduction."""
+
     def __init__(self, config: VisionTokenizerConfig) -> None:
         super().__init__()
         self.config = config
@@ -72,7 +75,7 @@ class VisionTokenizer(nn.Module):
         if self.reduction is not None:
             tokens = self.reduction(tokens)
         # (C·B, K, d) → (B, C·K, d), each camera's block shifted by its embedding
-        tokens = tokens.view(cameras, batch, -1, self.out_dim) + self.camera_embedding[:, None, None, :]
+        tokens = tokens.reshape(cameras, batch, -1, self.out_dim) + self.camera_embedding[:, None, None, :]
         tokens = tokens.permute(1, 0, 2, 3).reshape(batch, -1, self.out_dim)
         if self.proprio is not None:
             tokens = torch.cat([tokens, self.proprio(self._check_proprio(proprio, batch, tokens.device))[:, None]], 1)
@@ -138,13 +141,15 @@ class VisionTokenizer(nn.Module):
         if not config_path.is_file():
             raise FileNotFoundError(f"{config_path} not found; expected a VisionTokenizer.save_pretrained folder")
         values = json.loads(config_path.read_text())
-        values.update(dino=str(directory / DINO_DIR), **overrides)
+        if not (directory / DINO_DIR / "config.json").is_file():
+            raise FileNotFoundError(f"{directory} has no {DINO_DIR}/ tower folder")
+        if {"dino", "siglip"} & set(overrides):
+            raise ValueError("from_pretrained loads the saved towers; build VisionTokenizerConfig yourself to swap towers")
+        values.update(overrides, dino=str(directory / DINO_DIR))
         if values.get("siglip") is not None:
             if not (directory / SIGLIP_DIR / "config.json").is_file():
                 raise FileNotFoundError(f"{directory} has siglip={values['siglip']!r} in its config but no {SIGLIP_DIR}/ tower folder")
             values["siglip"] = str(directory / SIGLIP_DIR)
-        if not (directory / DINO_DIR / "config.json").is_file():
-            raise FileNotFoundError(f"{directory} has no {DINO_DIR}/ tower folder")
         model = cls(VisionTokenizerConfig.from_dict(values))
         missing, unexpected = model.load_state_dict(load_file(str(directory / HEAD_FILE)), strict=False)
         missing = [k for k in missing if not k.startswith("backbone.")]

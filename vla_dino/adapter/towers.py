@@ -16,7 +16,8 @@ from vla_dino.encoder import IMAGENET_MEAN, IMAGENET_STD, DinoEncoder, size_name
 SIGLIP_MEAN = (0.5, 0.5, 0.5)
 SIGLIP_STD = (0.5, 0.5, 0.5)
 
-# Random-init SigLIP sizes: the released so400m/14 vision config at 224², and a tiny test size.
+# Random-init SigLIP sizes: the released so400m/14 vision config at 224², and test sizes matching
+# DinoEncoder's "tiny" (hidden 32) and "small-test" (hidden 64).
 SIGLIP_SIZES: dict[str, dict[str, Any]] = {
     "so400m": dict(
         hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
@@ -24,6 +25,10 @@ SIGLIP_SIZES: dict[str, dict[str, Any]] = {
     ),
     "tiny": dict(
         hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        patch_size=14, image_size=56, hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6,
+    ),
+    "small-test": dict(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
         patch_size=14, image_size=56, hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6,
     ),
 }
@@ -101,6 +106,10 @@ class Tower(nn.Module):
     def embeddings(self) -> nn.Module:
         raise NotImplementedError
 
+    def unused_parameters(self) -> list[nn.Parameter]:
+        """Parameters inside `used_modules` that plain forward passes never touch."""
+        return []
+
 
 class DinoTower(Tower):
     """DINOv2 (with or without registers); prefix = CLS + registers, dropped."""
@@ -129,6 +138,9 @@ class DinoTower(Tower):
     def native_grid(self) -> tuple[int, int]:
         side = self.encoder.config.image_size // self.patch_size
         return side, side
+
+    def unused_parameters(self) -> list[nn.Parameter]:
+        return [self.encoder.model.embeddings.mask_token]  # only used with iBOT masking
 
     def patch_tokens(self, pixels: torch.Tensor, layer: int, final_norm: bool) -> torch.Tensor:
         return self.encoder.get_intermediate_layers(pixels, layer, norm=final_norm)[0].patch_tokens

@@ -101,6 +101,6 @@ def square_resize(image: np.ndarray, size: int) -> np.ndarray:
     top, left = (height - side) // 2, (width - side) // 2
     square = image[top : top + side, left : left + side]
     if side == size:
-        return np.ascontiguousarray(square)
+        return np.array(square)  # a writable copy (decoders may hand out read-only buffers)
     interpolation = cv2.INTER_AREA if side > size else cv2.INTER_CUBIC
     return cv2.resize(square, (size, size), interpolation=interpolation)

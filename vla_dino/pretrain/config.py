@@ -15,7 +15,7 @@ from typing import Any
 import draccus
 import yaml
 
-from vla_dino.ssl import SSLConfig
+from vla_dino.ssl.config import SSLConfig
 
 PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "pretrain"
 
@@ -60,6 +60,7 @@ class CheckpointConfig:
 class CollapseConfig:
     """A monitor flags collapse when a statistic leaves its band (checked every `monitor_every`)."""
 
+    after_step: int = 0  # no checks before (random-init features are near-constant at first)
     min_feature_std: float = 0.01  # per-dimension std of teacher CLS features across the batch
     min_teacher_entropy: float = 0.1  # nats; near 0 = one prototype wins everywhere
     max_teacher_entropy_fraction: float = 0.99  # of log(K); near 1 = uniform targets
@@ -117,6 +118,7 @@ class PretrainConfig:
             errors.append(f"train.stop_at_step must be in 1..train.steps={self.train.steps} (got {self.train.stop_at_step})")
         if errors:
             raise ValueError("invalid pretraining config:\n  " + "\n  ".join(errors))
+        self.ssl.validate()
 
     def _describe(self, message: str) -> str:
         key = message.split()[0]

@@ -10,6 +10,7 @@ line into a `PretrainConfig` and calls it (also under torchrun, one call per pro
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import signal
@@ -92,8 +93,8 @@ def _train(config: PretrainConfig, resume: str | None, info: D.DistInfo) -> RunR
 
     # ---------------------------------------------------------------- model and optimiser
     encoder = build_encoder(config)
-    model = SSLModel(config.ssl, encoder, total_steps=config.train.steps).to(device)
-    augment = MultiCropAugmentation(config.ssl.crops, patch_size=encoder.patch_size)
+    model = SSLModel(_ssl_config_for_run(config, info), encoder, total_steps=config.train.steps).to(device)
+    augment = MultiCropAugmentation.from_config(config.ssl, patch_size=encoder.patch_size)
     forward_model = D.wrap_model(model, config.distributed.strategy, info, config.distributed.find_unused_parameters)
     optimizer = torch.optim.AdamW(model.param_groups(), **_adamw_kwargs(config))
     precision = _resolve_precision(config.train.precision, device)
@@ -127,7 +128,7 @@ def _train(config: PretrainConfig, resume: str | None, info: D.DistInfo) -> RunR
             "%s: %d frames from %d sources, %d process(es) × batch %d, %s, %s, steps %d → %d",
             out, len(dataset), len(sources), info.world_size, config.data.batch_size, device, precision, step, stop_step,
         )
-    monitor = CollapseMonitor(config.log.collapse, num_prototypes=_num_prototypes(config))
+    monitor = CollapseMonitor(config.log.collapse, num_prototypes=config.ssl.heads.num_prototypes)
     stop_signal = _StopSignal()
     skipped_samples = 0
 
@@ -160,93 +161,103 @@ def _train(config: PretrainConfig, resume: str | None, info: D.DistInfo) -> RunR
     progress = tqdm(total=stop_step, initial=step, disable=not (info.is_main and config.log.progress_bar), unit="step")
     stopped_by, last_saved = "finished", None
     model.train()
-    while step < stop_step:
-        t0 = time.perf_counter()
-        epoch, batch_index, batch = next(batches)
-        skipped_samples += int(batch["num_skipped"])
-        frames = batch["frame"].to(device, non_blocking=True)
-        neighbors = batch["neighbor"].to(device, non_blocking=True) if config.data.neighbor_offset > 0 else None
-        crops = augment(frames, neighbors)
+    try:
+        while step < stop_step:
+            t0 = time.perf_counter()
+            epoch, batch_index, batch = next(batches)
+            skipped_samples += int(batch["num_skipped"])
+            dataset.merge_skipped(batch)
+            if batch["frame"].shape[0] == 0:  # every frame of this batch unreadable: take the next
+                batch_index += 1
+                if batch_index == sampler.batches_per_epoch:
+                    epoch, batch_index = epoch + 1, 0
+                continue
+            frames = batch["frame"].to(device, non_blocking=True)
+            neighbors = batch["neighbor"].to(device, non_blocking=True) if config.data.neighbor_offset > 0 else None
+            crops = augment(frames, neighbors)
 
-        schedule = model.apply_schedules(optimizer, step)
-        with autocast:
-            output = forward_model(crops, step)
-        finite = not D.broadcast_flag(not bool(torch.isfinite(output.loss)), info)  # every rank skips together
+            schedule = model.apply_schedules(optimizer, step)
+            with autocast:
+                output = forward_model(crops, step)
+            finite = not D.broadcast_flag(not bool(torch.isfinite(output.loss.detach())), info)  # every rank skips together
 
-        grad_norm = float("nan")
-        if finite:
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(output.loss).backward()
-            scaler.unscale_(optimizer)
-            grad_norm = float(model.clip_gradients())
-            # fp16: inf gradients are the scaler's business (it skips and lowers the scale)
-            finite = math.isfinite(grad_norm) or scaler.is_enabled()
+            grad_norm = float("nan")
             if finite:
-                scaler.step(optimizer)
-                scaler.update()
-                model.update_teacher(step)
-            optimizer.zero_grad(set_to_none=True)
-        guard.record(finite, step)
-        if not finite and info.is_main:
-            log.warning("step %d: non-finite loss/gradients (loss=%s, grad_norm=%s); step skipped", step, float(output.loss), grad_norm)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(output.loss).backward()
+                scaler.unscale_(optimizer)
+                grad_norm = float(model.clip_gradients())
+                # fp16: inf gradients are the scaler's business (it skips and lowers the scale)
+                finite = math.isfinite(grad_norm) or scaler.is_enabled()
+                if finite:
+                    scaler.step(optimizer)
+                    scaler.update()
+                    model.update_teacher(step)
+                optimizer.zero_grad(set_to_none=True)
+            guard.record(finite, step)
+            if not finite and info.is_main:
+                log.warning("step %d: non-finite loss/gradients (loss=%s, grad_norm=%s); step skipped", step, float(output.loss.detach()), grad_norm)
 
-        step += 1
-        batch_index += 1
-        if batch_index == sampler.batches_per_epoch:
-            epoch, batch_index = epoch + 1, 0
-        progress.update(1)
+            step += 1
+            batch_index += 1
+            if batch_index == sampler.batches_per_epoch:
+                epoch, batch_index = epoch + 1, 0
+            progress.update(1)
 
-        # ------------------------------------------------------------ logs and monitors
-        metrics = {k: float(v) for k, v in output.metrics.items()}
-        if logger is not None and (step % config.log.every_steps == 0 or step == stop_step):
-            elapsed = time.perf_counter() - t0
-            row = {"loss": float(output.loss), **metrics, **{k: float(v) for k, v in schedule.items()}}
-            row.update(grad_norm=grad_norm, skipped_step=int(not finite), epoch=epoch, step_time_s=elapsed,
-                       frames_per_s=frames.shape[0] * info.world_size / elapsed)
-            logger.log(step, row)
-            progress.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row.get('lr', float('nan')):.2e}")
-        if info.is_main and step % config.log.monitor_every_steps == 0:
-            for problem in monitor.check(metrics):
-                message = f"step {step}: possible collapse: {problem}"
-                log.warning(message)
-                tqdm.write("WARNING " + message)
+            # ------------------------------------------------------------ logs and monitors
+            metrics = {k: float(v) for k, v in output.metrics.items()}
+            if logger is not None and (step % config.log.every_steps == 0 or step == stop_step):
+                elapsed = time.perf_counter() - t0
+                row = {"loss": float(output.loss.detach()), **metrics, **{k: float(v) for k, v in schedule.items()}}
+                row.update(grad_norm=grad_norm, skipped_step=int(not finite), epoch=epoch, step_time_s=elapsed,
+                           frames_per_s=frames.shape[0] * info.world_size / elapsed)
+                logger.log(step, row)
+                progress.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row.get('lr', float('nan')):.2e}")
+            if info.is_main and step % config.log.monitor_every_steps == 0 and step > config.log.collapse.after_step:
+                for problem in monitor.check(metrics):
+                    message = f"step {step}: possible collapse: {problem}"
+                    log.warning(message)
+                    tqdm.write("WARNING " + message)
 
-        # ------------------------------------------------------------ checkpoints and stops
-        if guard.should_stop:
-            last_saved = save()
-            D.barrier(info)
-            progress.close()
-            raise NonFiniteLossError(
-                f"{guard.streak} consecutive non-finite steps (from step {guard.first_bad_step} to {step - 1}); "
-                f"stopping. The weights and optimiser are the last good ones (no update was applied since), "
-                f"saved to {last_saved or checkpoints.path_for(step)}. Lower ssl.optim.base_lr, check the frames, "
-                f"or use train.precision=fp32, then continue with --resume."
-            )
-        signalled = D.broadcast_flag(stop_signal.received is not None, info)
-        if step % config.checkpoint.every_steps == 0 or signalled or step == stop_step:
-            last_saved = save()
-        if signalled:
-            stopped_by = stop_signal.received or "signal"
-            break
-    progress.close()
-    stop_signal.restore()
+            # ------------------------------------------------------------ checkpoints and stops
+            if guard.should_stop:
+                last_saved = save()
+                D.barrier(info)
+                raise NonFiniteLossError(
+                    f"{guard.streak} consecutive non-finite steps (from step {guard.first_bad_step} to {step - 1}); "
+                    f"stopping. The weights and optimiser are the last good ones (no update was applied since), "
+                    f"saved to {last_saved or checkpoints.path_for(step)}. Lower ssl.optim.base_lr, check the frames, "
+                    f"or use train.precision=fp32, then continue with --resume."
+                )
+            signalled = D.broadcast_flag(stop_signal.received is not None, info)
+            if step % config.checkpoint.every_steps == 0 or signalled or step == stop_step:
+                last_saved = save()
+            if signalled:
+                stopped_by = stop_signal.received or "signal"
+                break
+    finally:
+        progress.close()
+        stop_signal.restore()
     if stopped_by == "finished" and step < config.train.steps:
         stopped_by = "stop_at_step"
 
     # ---------------------------------------------------------------- end of run
     skipped_samples = sum(D.all_gather_objects(skipped_samples, info))
+    summaries = D.all_gather_objects(dataset.skipped_summary(), info)
     result = RunResult(output_dir=out, step=step, stopped_by=stopped_by, checkpoint=last_saved, skipped_samples=skipped_samples)
     if info.is_main:
         logger.close()
         plot_loss_curve(logger.jsonl_path, out / "loss_curve.png")
-        log.info("skipped samples: %d. %s", skipped_samples, dataset.skipped_summary())
+        summary = "\n".join(f"[rank {r}] {text}" if info.distributed else text for r, text in enumerate(summaries))
+        (out / "skipped_samples.txt").write_text(summary + "\n")
+        log.info("%d unreadable sample(s) skipped during training.\n%s", skipped_samples, summary)
         if config.export.at_end and stopped_by in ("finished", "stop_at_step"):
             teacher = _unsharded_teacher(model, config, info) if config.distributed.strategy == "fsdp" else model.teacher_backbone
             result.exported = export_encoder(teacher, out / "export", config.export.formats)
         if stopped_by not in ("finished",):
             log.info("stopped (%s) at step %d of %d; continue with --resume", stopped_by, step, config.train.steps)
     elif config.export.at_end and stopped_by in ("finished", "stop_at_step") and config.distributed.strategy == "fsdp":
-        _unsharded_teacher(model, config, info)  # collective: every rank takes part
+        D.model_state_dict(model, config.distributed.strategy, info)  # the gather is collective; rank 0 keeps it
     D.barrier(info)
     return result
 
@@ -303,6 +314,7 @@ def _batch_stream(
     """Endless (epoch, batch_index, batch) from the given position on."""
     while True:
         sampler.set_position(epoch, batch_index)
+        dataset.set_epoch(epoch)  # temporal-neighbour draws change per epoch (before workers copy it)
         loader = DataLoader(
             dataset,
             batch_sampler=sampler,
@@ -320,14 +332,19 @@ def _batch_stream(
         epoch, batch_index = epoch + 1, 0
 
 
-def _adamw_kwargs(config: PretrainConfig) -> dict[str, Any]:
+def _ssl_config_for_run(config: PretrainConfig, info: D.DistInfo):
+    """Pin the lr-scaling batch to the nominal global batch (per-process batch × processes), so a
+    first batch thinned by unreadable frames cannot change the lr of the whole run."""
     optim = config.ssl.optim
-    kwargs: dict[str, Any] = {"lr": 0.0, "weight_decay": 0.0}  # apply_schedules sets both every step
-    if hasattr(optim, "betas"):
-        kwargs["betas"] = tuple(optim.betas)
-    elif hasattr(optim, "adamw_beta1"):
-        kwargs["betas"] = (optim.adamw_beta1, optim.adamw_beta2)
-    return kwargs
+    if optim.batch_size is not None:
+        return config.ssl
+    pinned = dataclasses.replace(optim, batch_size=config.data.batch_size * info.world_size)
+    return dataclasses.replace(config.ssl, optim=pinned)
+
+
+def _adamw_kwargs(config: PretrainConfig) -> dict[str, Any]:
+    # lr and weight decay are placeholders: apply_schedules sets both on every group each step.
+    return {"lr": 0.0, "weight_decay": 0.0, "betas": tuple(config.ssl.optim.betas)}
 
 
 def _resolve_precision(precision: str, device: torch.device) -> str:
@@ -349,14 +366,6 @@ def _module_prefix(root: torch.nn.Module, target: torch.nn.Module) -> str:
         if module is target:
             return name + "." if name else ""
     raise ValueError("teacher backbone is not a submodule of the SSL model")
-
-
-def _num_prototypes(config: PretrainConfig) -> int:
-    heads = config.ssl.heads
-    for name in ("num_prototypes", "prototypes", "dino_out_dim", "out_dim"):
-        if hasattr(heads, name):
-            return int(getattr(heads, name))
-    raise AttributeError(f"ssl.heads has no prototype count field (looked for num_prototypes/prototypes/out_dim): {heads}")
 
 
 def _unsharded_teacher(model: torch.nn.Module, config: PretrainConfig, info: D.DistInfo) -> DinoEncoder:

@@ -244,7 +244,7 @@ class PolicyRuntime:
     @torch.inference_mode()
     def _preprocess(self, observation: Mapping[str, np.ndarray], task: str | None) -> dict:
         for name, host in self._host.items():
-            host.copy_(torch.from_numpy(np.ascontiguousarray(observation[name])))
+            host.numpy()[...] = observation[name]
             if self._dev[name] is not host:
                 self._dev[name].copy_(host, non_blocking=True)
         batch: dict[str, Any] = {}

@@ -1,0 +1,151 @@
+"""End-to-end batch-1 latency: vla_dino's PolicyRuntime beside plain eager LeRobot inference.
+
+Both sides start from the same raw observation (uint8 HWC camera images + float32 state) and end
+with the action chunk as a numpy array on the host: preprocess → encoder → head → postprocess.
+Eager = ``prepare_observation_for_inference`` → preprocessor → ``predict_action_chunk`` →
+postprocessor → ``.cpu()`` in fp32, as ``lerobot-rollout`` runs it. The sustained control rate is
+measured with :class:`~vla_dino.runtime.chunking.ControlLoop` running one inference per tick
+(blocking, as fast as possible); the async row runs the loop at ``--fps`` with chunking.
+
+    python benchmarks/bench_runtime_latency.py                      # CPU, ViT-S/14 reg policy at 224²
+    python benchmarks/bench_runtime_latency.py --device cuda --preset vla_dino-moonshot --dtype bf16
+    python benchmarks/bench_runtime_latency.py --checkpoint outputs/train/x/checkpoints/last/pretrained_model
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vla_dino.runtime.checkpoint import TINY_ACT, write_random_checkpoint
+from vla_dino.runtime.chunking import ControlConfig, ControlLoop
+from vla_dino.runtime.runtime import PolicyRuntime, RuntimeConfig, lerobot_predict_chunk, load_policy
+
+
+def vla_dino_preset(dino: str, siglip: str | None, image_size: int, **head: object) -> dict:
+    from vla_dino.adapter import VisionTokenizerConfig
+
+    projector = "fused-gelu-mlp" if siglip else "mlp"
+    vision = VisionTokenizerConfig(dino=dino, siglip=siglip, image_size=image_size, projector=projector)
+    return dict(policy_type="vla_dino", image_size=image_size, vision=vision, chunk_size=16, n_action_steps=8, **head)
+
+
+PRESETS: dict[str, Callable[[], dict]] = {
+    "act-tiny": lambda: dict(policy_type="act", image_size=96, **TINY_ACT),
+    "vla_dino-tiny": lambda: vla_dino_preset("tiny", None, 56, dim_model=32, n_heads=2, dim_feedforward=64, n_decoder_layers=1),
+    "vla_dino-vits14_reg": lambda: vla_dino_preset("vits14_reg", None, 224, dim_model=256, n_heads=8, dim_feedforward=1024, n_decoder_layers=2),
+    # The issue's target: DINOv2-L/14 reg + SigLIP so400m at 224², OpenVLA's fused projector, ACT-style decoder head.
+    "vla_dino-moonshot": lambda: vla_dino_preset("vitl14_reg", "so400m", 224),
+}
+
+
+def machine_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (torch {torch.__version__}, CUDA {torch.version.cuda})"
+    model = platform.processor() or "cpu"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{model}, {torch.get_num_threads()} torch threads (torch {torch.__version__})"
+
+
+def time_calls(fn: Callable[[], object], warmup: int, iters: int) -> np.ndarray:
+    for _ in range(warmup):
+        fn()
+    times = np.empty(iters)
+    for i in range(iters):
+        start = time.perf_counter()
+        fn()  # returns host numpy: the device work is finished
+        times[i] = (time.perf_counter() - start) * 1e3
+    return times
+
+
+def sustained_hz(predict: Callable[[dict], np.ndarray], observation: dict, steps: int) -> float:
+    """Ticks per second with one blocking inference per tick (no chunk reuse)."""
+    loop = ControlLoop(predict, lambda: observation, lambda action: None, ControlConfig(fps=0, blocking=True))
+    return loop.run(steps).achieved_hz
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    parser.add_argument("--checkpoint", default=None, help="LeRobot checkpoint folder; default: build --preset with random weights")
+    parser.add_argument("--preset", default="vla_dino-vits14_reg", choices=sorted(PRESETS))
+    parser.add_argument("--dtype", default="auto", help="fp32 | bf16 | fp16 | auto (bf16 on CUDA, fp32 on CPU)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the policy in the runtime")
+    parser.add_argument("--no-cuda-graphs", action="store_true")
+    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--fps", type=float, default=30.0, help="target rate of the async control-loop row")
+    parser.add_argument("--loop-steps", type=int, default=30)
+    parser.add_argument("--json", default=None, help="also write the results here")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    device = torch.device(args.device)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.checkpoint:
+            path, name = Path(args.checkpoint), args.checkpoint
+        else:
+            preset = PRESETS[args.preset]()
+            size = preset.pop("image_size")
+            path = write_random_checkpoint(Path(tmp) / "pretrained_model", preset.pop("policy_type"), cameras={"front": (size, size)}, state_dim=8, action_dim=7, **preset)
+            name = f"{args.preset} (random init)"
+
+        policy, pre, post = load_policy(path, device)
+        runtime = PolicyRuntime.from_pretrained(
+            path, RuntimeConfig(device=args.device, dtype=args.dtype, compile=args.compile, cuda_graphs=not args.no_cuda_graphs, warmup_iters=args.warmup)
+        )
+        observation = runtime._synthetic_observation(runtime.spec.inputs, seed=0)
+        params = sum(p.numel() for p in policy.parameters()) / 1e6
+
+        eager = lambda: lerobot_predict_chunk(policy, pre, post, observation, device)  # noqa: E731
+        rows = []
+        for label, fn, predict in (
+            ("eager LeRobot, fp32", eager, lambda obs: eager()),
+            (f"vla_dino runtime, {runtime.dtype}", lambda: runtime.predict_chunk(observation), runtime.predict_chunk),
+        ):
+            times = time_calls(fn, args.warmup, args.iters)
+            rows.append({"name": label, "p50_ms": float(np.percentile(times, 50)), "p99_ms": float(np.percentile(times, 99)),
+                         "mean_ms": float(times.mean()), "sustained_hz": sustained_hz(predict, observation, max(args.iters // 2, 5))})
+
+        reference = eager()
+        diff = float(np.abs(runtime.predict_chunk(observation) - reference).max())
+        stats = ControlLoop(runtime.predict_chunk, lambda: observation, lambda a: None,
+                            ControlConfig(fps=args.fps, scheduler="ensemble")).run(args.loop_steps)
+        del policy
+
+    print(f"\nmachine: {machine_name(device)}")
+    print(f"policy:  {name}: {params:.1f} M params, inputs {[(s.name, s.shape) for s in runtime.spec.inputs]}, "
+          f"chunk {runtime.spec.chunk_size}x{runtime.spec.action_dim}")
+    print(f"runtime: {'; '.join(runtime.notes)}")
+    print(f"runtime vs eager max |Δaction| = {diff:.3g} (max |action| {np.abs(reference).max():.3g})\n")
+    header = f"{'pipeline (batch 1, end to end)':<34}{'p50 ms':>9}{'p99 ms':>9}{'mean ms':>9}{'sync Hz':>9}"
+    print(header + "\n" + "-" * len(header))
+    for row in rows:
+        print(f"{row['name']:<34}{row['p50_ms']:>9.2f}{row['p99_ms']:>9.2f}{row['mean_ms']:>9.2f}{row['sustained_hz']:>9.1f}")
+    speedup = rows[0]["p50_ms"] / rows[1]["p50_ms"]
+    print(f"\nspeed-up (eager p50 / runtime p50): {speedup:.2f}x")
+    print(f"async control loop at {args.fps:g} Hz target (temporal ensembling): {stats.achieved_hz:.1f} Hz achieved, "
+          f"{stats.chunks} chunks over {stats.steps} ticks, {stats.starved_steps} starved, {stats.late_ticks} late")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": machine_name(device), "policy": name, "rows": rows, "speedup_p50": speedup,
+                                               "notes": runtime.notes, "max_abs_diff": diff,
+                                               "control_loop": {"target_hz": args.fps, "achieved_hz": stats.achieved_hz,
+                                                                "starved": stats.starved_steps, "late": stats.late_ticks}}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

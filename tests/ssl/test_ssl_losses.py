@@ -1,0 +1,148 @@
+"""Each loss and the teacher centering against its formula on small hand-checkable tensors."""
+
+import math
+
+import pytest
+import torch
+
+from vla_dino.ssl.centering import SoftmaxCenter, TeacherTargets, sinkhorn_knopp
+from vla_dino.ssl.losses import cross_entropy, dino_loss, gram_loss, ibot_loss, koleo_loss, masked_patch_weights
+
+
+def test_cross_entropy_by_hand():
+    # s / τ = [0, ln 3] → p = [1/4, 3/4]; t = [1/2, 1/2] → H = −½(ln ¼ + ln ¾)
+    student = torch.tensor([[0.0, math.log(3.0) * 0.1]])
+    target = torch.tensor([[0.5, 0.5]])
+    expected = -0.5 * (math.log(0.25) + math.log(0.75))
+    assert cross_entropy(student, target, 0.1).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_cross_entropy_is_fp32_for_bf16_inputs():
+    student = torch.randn(3, 5).bfloat16()
+    target = torch.softmax(torch.randn(3, 5), -1).bfloat16()
+    assert cross_entropy(student, target, 0.1).dtype == torch.float32
+
+
+def _naive_dino(student_global, student_local, targets, temp):
+    """The 2L + 2 cross-view terms written out one by one, as in DINOv2's DINOLoss loops."""
+    s_glob = student_global.chunk(2)
+    t_a, t_b = targets.chunk(2)
+    s_loc = student_local.chunk(student_local.shape[0] // t_a.shape[0])
+    terms_local = [cross_entropy(s, t, temp).mean() for s in s_loc for t in (t_a, t_b)]
+    terms_global = [cross_entropy(s_glob[0], t_b, temp).mean(), cross_entropy(s_glob[1], t_a, temp).mean()]
+    n = len(terms_local) + len(terms_global)
+    return sum(terms_local) / n, sum(terms_global) / n
+
+
+def test_dino_loss_matches_the_term_by_term_sum():
+    batch, num_local, k = 3, 4, 7
+    student_global = torch.randn(2 * batch, k)
+    student_local = torch.randn(num_local * batch, k)
+    targets = torch.softmax(torch.randn(2 * batch, k), -1)
+    local, glob = dino_loss(student_global, student_local, targets, 0.1)
+    ref_local, ref_glob = _naive_dino(student_global, student_local, targets, 0.1)
+    torch.testing.assert_close(local, ref_local)
+    torch.testing.assert_close(glob, ref_glob)
+
+
+def test_dino_loss_by_hand_one_image_one_local_crop():
+    # B = 1, L = 1, K = 2; student logits 0 → log p = ln ½ everywhere, so every term = ln 2
+    # whatever the targets: local = 2·ln2 / 4, global = 2·ln2 / 4.
+    zeros = torch.zeros(2, 2)
+    targets = torch.tensor([[1.0, 0.0], [0.3, 0.7]])
+    local, glob = dino_loss(zeros, torch.zeros(1, 2), targets, 0.1)
+    assert local.item() == pytest.approx(math.log(2) / 2)
+    assert glob.item() == pytest.approx(math.log(2) / 2)
+    # Global crop A is taught by teacher crop B: a one-hot target on the first prototype
+    # for crop B makes only student crop A's first logit matter.
+    student = torch.tensor([[math.log(3.0) * 0.1, 0.0], [0.0, 0.0]])
+    _, glob = dino_loss(student, None, torch.tensor([[0.5, 0.5], [1.0, 0.0]]), 0.1)
+    assert glob.item() == pytest.approx((-math.log(0.75) + math.log(2)) / 2)
+
+
+def test_ibot_loss_weights_each_image_by_its_masked_count():
+    # 3 images × 4 patches; image 0 has 2 masked patches, image 1 has 1, image 2 none.
+    masks = torch.tensor([[1, 0, 1, 0], [0, 0, 0, 1], [0, 0, 0, 0]], dtype=torch.bool)
+    torch.testing.assert_close(masked_patch_weights(masks), torch.tensor([0.5, 0.5, 1.0]))
+    student = torch.randn(3, 5)
+    targets = torch.softmax(torch.randn(3, 5), -1)
+    h = cross_entropy(student, targets, 0.1)
+    expected = ((h[0] + h[1]) / 2 + h[2]) / 3  # the unmasked image counts in the mean with 0
+    torch.testing.assert_close(ibot_loss(student, targets, masks, 0.1), expected)
+
+
+def test_koleo_by_hand():
+    # Unit vectors a=(1,0), b=(0.6,0.8), c=(−1,0): nn(a)=b, nn(b)=a, nn(c)=b.
+    x = torch.tensor([[1.0, 0.0], [0.6, 0.8], [-1.0, 0.0]])
+    d_ab, d_cb = math.sqrt(0.16 + 0.64), math.sqrt(1.6**2 + 0.8**2)
+    expected = -(2 * math.log(d_ab) + math.log(d_cb)) / 3
+    assert koleo_loss(x).item() == pytest.approx(expected, abs=1e-6)
+    assert koleo_loss(5.0 * x).item() == pytest.approx(expected, abs=1e-6)  # normalised first
+    with pytest.raises(ValueError, match="n >= 2"):
+        koleo_loss(x[:1])
+
+
+def test_koleo_prefers_spread_features():
+    spread = torch.eye(4)
+    clumped = torch.eye(4) * 0.1 + 1.0
+    assert koleo_loss(spread) < koleo_loss(clumped)
+
+
+def test_gram_loss_by_hand():
+    student = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])  # Gram = I
+    reference = torch.tensor([[[2.0, 0.0], [1.0, 0.0]]])  # normalised → Gram = all ones
+    assert gram_loss(student, reference).item() == pytest.approx(0.5)
+    opposite = torch.tensor([[[1.0, 0.0], [-1.0, 0.0]]])  # Gram [[1, −1], [−1, 1]]
+    assert gram_loss(opposite, reference).item() == pytest.approx(2.0)
+    assert gram_loss(opposite, reference, remove_negative=True).item() == pytest.approx(0.5)
+    assert gram_loss(reference, reference).item() == pytest.approx(0.0)
+
+
+def _naive_sinkhorn(logits, temp, iterations):
+    """Upstream's loop (dinov2/loss/dino_clstoken_loss.py), single process."""
+    q = torch.exp(logits.double() / temp).t()
+    k, b = q.shape
+    q /= q.sum()
+    for _ in range(iterations):
+        q /= q.sum(dim=1, keepdim=True)
+        q /= k
+        q /= q.sum(dim=0, keepdim=True)
+        q /= b
+    return (q * b).t()
+
+
+def test_sinkhorn_matches_upstream_and_is_doubly_normalised():
+    logits = torch.randn(12, 6)
+    targets = sinkhorn_knopp(logits, 0.1, iterations=3)
+    torch.testing.assert_close(targets.double(), _naive_sinkhorn(logits, 0.1, 3), rtol=1e-5, atol=1e-7)
+    assert targets.dtype == torch.float32
+    torch.testing.assert_close(targets.sum(dim=1), torch.ones(12))  # each sample: a distribution
+    # Prototype marginals approach B / K; with 3 iterations already close, with many exact.
+    assert (targets.sum(dim=0) - 2.0).abs().max() < 0.2
+    converged = sinkhorn_knopp(logits, 0.1, iterations=200)
+    torch.testing.assert_close(converged.sum(dim=0), torch.full((6,), 2.0), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(converged.sum(dim=1), torch.ones(12))
+
+
+def test_sinkhorn_is_stable_at_small_temperature_and_shift_invariant():
+    logits = torch.randn(8, 5) * 30  # exp(30 / 0.04) overflows without the max shift
+    targets = sinkhorn_knopp(logits.bfloat16(), 0.04)
+    assert torch.isfinite(targets).all()
+    torch.testing.assert_close(sinkhorn_knopp(logits + 7.0, 0.5), sinkhorn_knopp(logits, 0.5))
+
+
+def test_softmax_center_targets_and_update():
+    center = SoftmaxCenter(3, momentum=0.9)
+    logits = torch.tensor([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]])
+    torch.testing.assert_close(center(logits, 0.5), torch.softmax(logits / 0.5, -1))  # centre starts at 0
+    torch.testing.assert_close(center.center, 0.1 * logits.mean(0, keepdim=True))
+    expected = torch.softmax((logits - 0.1 * logits.mean(0)) / 0.5, -1)
+    torch.testing.assert_close(center(logits, 0.5), expected)
+    torch.testing.assert_close(center.center, 0.19 * logits.mean(0, keepdim=True))
+    center(torch.zeros(0, 3), 0.5)  # no rows anywhere (no masked patches): centre kept
+    torch.testing.assert_close(center.center, 0.19 * logits.mean(0, keepdim=True))
+
+
+def test_teacher_targets_rejects_unknown_centering():
+    with pytest.raises(ValueError, match="centering"):
+        TeacherTargets(4, "mean")

@@ -1,0 +1,221 @@
+"""`FrameDataset`: frames of many sources as one map-style torch dataset, and `collate_frames`.
+
+Index space: source after source, every `stride`-th frame of each (frames 0, s, 2s, …), so near-
+duplicate consecutive robot frames are thinned out. With `neighbor_offset = k > 0` each sample also
+carries a frame of the same episode and camera drawn uniformly from [t−k, t+k] ∖ {t} (clipped to the
+episode; the frame itself only for one-frame episodes), in original frame steps, not strided ones.
+The draw is a pure function of (seed, epoch, index): call `set_epoch` each epoch for fresh pairs.
+
+Unreadable samples come back as None with the reason recorded. DataLoader workers hold copies of
+the dataset, so the main process learns about their skips through the batch: `collate_frames`
+puts them in `batch["skipped"]`, and `dataset.merge_skipped(batch)` adds them to the summary.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import uuid
+from collections import Counter
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from vla_dino.data.base import FrameSource, square_resize
+from vla_dino.data.discovery import NoFramesError
+from vla_dino.data.hdf5 import HDF5Reader
+from vla_dino.data.images import ImageReader
+from vla_dino.data.lerobot import LeRobotReader
+from vla_dino.data.videos import VideoReader
+
+# Skips recorded in this process and not yet handed to a batch: (dataset token, file, reason).
+_PENDING_SKIPS: list[tuple[str, str, str]] = []
+
+
+class _Reader(Protocol):
+    def read(self, source: FrameSource, index: int, min_side: int | None = None) -> np.ndarray: ...
+
+    def close(self) -> None: ...
+
+
+def _new_readers() -> dict[str, _Reader]:
+    return {"images": ImageReader(), "video": VideoReader(), "hdf5": HDF5Reader(), "lerobot": LeRobotReader()}
+
+
+class FrameDataset(Dataset):
+    """Square uint8 RGB frames (3, frame_size, frame_size) from `discover_sources` output.
+
+    Each frame: the centre square of side min(H, W), resized to `frame_size` (equivalently, shorter
+    side to `frame_size`, then centre crop). Files are opened lazily in the process that reads them.
+    """
+
+    def __init__(
+        self,
+        sources: list[FrameSource],
+        frame_size: int = 256,
+        stride: int = 1,
+        neighbor_offset: int = 0,
+        seed: int = 0,
+    ) -> None:
+        if frame_size < 1:
+            raise ValueError(f"frame_size={frame_size}; expected a positive number of pixels")
+        if stride < 1:
+            raise ValueError(f"stride={stride}; expected ≥ 1 (1 keeps every frame)")
+        if neighbor_offset < 0:
+            raise ValueError(f"neighbor_offset={neighbor_offset}; expected ≥ 0 (0 disables temporal neighbours)")
+        self.frame_size, self.stride, self.neighbor_offset, self.seed = frame_size, stride, neighbor_offset, seed
+        self.sources = [s for s in sources if s.error is None and s.num_frames > 0]
+        self.unreadable_sources = [s for s in sources if s.error is not None]
+        if not self.sources:
+            reasons = "; ".join(f"{s.path}: {s.error}" for s in self.unreadable_sources[:5])
+            raise NoFramesError(f"FrameDataset got {len(sources)} source(s) and none readable. {reasons}")
+        kept_per_source = [math.ceil(s.num_frames / stride) for s in self.sources]
+        self._ends = np.cumsum(kept_per_source)
+        self.epoch = 0
+        self._token = uuid.uuid4().hex  # tells this dataset's skips apart from another's in one process
+        self._skipped: Counter[tuple[str, str]] = Counter()
+        self._readers: dict[str, _Reader] | None = None
+        self._reader_pid: int | None = None
+
+    # ---------------------------------------------------------------- indexing
+    def __len__(self) -> int:
+        return int(self._ends[-1])
+
+    def set_epoch(self, epoch: int) -> None:
+        """Changes the neighbour draw (per epoch, deterministic)."""
+        self.epoch = epoch
+
+    def locate(self, index: int) -> tuple[FrameSource, int]:
+        """Dataset index → (source, frame number in its episode)."""
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} frames")
+        index %= len(self)
+        position = int(np.searchsorted(self._ends, index, side="right"))
+        start = int(self._ends[position - 1]) if position else 0
+        return self.sources[position], (index - start) * self.stride
+
+    def neighbor_frame(self, index: int) -> int:
+        """The temporal neighbour's frame number for `index` at the current epoch."""
+        source, frame = self.locate(index)
+        low, high = max(0, frame - self.neighbor_offset), min(source.num_frames - 1, frame + self.neighbor_offset)
+        candidates = [t for t in range(low, high + 1) if t != frame] or [frame]
+        rng = np.random.default_rng((self.seed, self.epoch, index % len(self)))
+        return candidates[int(rng.integers(len(candidates)))]
+
+    # ---------------------------------------------------------------- reading
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        source, frame = self.locate(index)
+        try:
+            sample: dict[str, Any] = {"frame": self.read_frame(source, frame)}
+            if self.neighbor_offset > 0:
+                neighbor = self.neighbor_frame(index)
+                sample["neighbor"] = self.read_frame(source, neighbor)
+                sample["neighbor_frame_index"] = neighbor
+        except Exception as error:  # any decode failure skips the sample; the reason is kept
+            self._record_skip(source, frame, error)
+            return None
+        sample.update(source=source.name, index=index % len(self), frame_index=frame, episode=source.episode, camera=source.camera)
+        return sample
+
+    def read_frame(self, source: FrameSource, frame: int) -> torch.Tensor:
+        """One frame as uint8 (3, S, S)."""
+        image = self._reader_for(source.kind).read(source, frame, min_side=self.frame_size)
+        return torch.from_numpy(square_resize(image, self.frame_size)).permute(2, 0, 1).contiguous()
+
+    def _reader_for(self, kind: str) -> _Reader:
+        # A forked worker must not reuse handles opened by its parent (h5py and FFmpeg state is not
+        # fork-safe); the parent's are left alone, new ones are opened here.
+        if self._readers is None or self._reader_pid != os.getpid():
+            self._readers, self._reader_pid = _new_readers(), os.getpid()
+        return self._readers[kind]
+
+    def close(self) -> None:
+        """Closes the files opened by this process."""
+        if self._readers is not None and self._reader_pid == os.getpid():
+            for reader in self._readers.values():
+                reader.close()
+        self._readers = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_readers"], state["_reader_pid"] = None, None  # open files never travel to workers
+        return state
+
+    # ---------------------------------------------------------------- skipped samples
+    def _record_skip(self, source: FrameSource, frame: int, error: Exception) -> None:
+        file = str(source.files[frame]) if source.kind == "images" and frame < len(source.files) else str(source.path)
+        reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        _PENDING_SKIPS.append((self._token, file, reason))
+
+    def merge_skipped(self, batch: dict[str, Any]) -> int:
+        """Counts the skips a batch reports (from any worker); returns how many were this dataset's."""
+        mine = [(file, reason) for token, file, reason in batch.get("skipped", []) if token == self._token]
+        self._skipped.update(mine)
+        return len(mine)
+
+    def _drain_own_pending(self) -> None:
+        mine = [entry for entry in _PENDING_SKIPS if entry[0] == self._token]
+        _PENDING_SKIPS[:] = [entry for entry in _PENDING_SKIPS if entry[0] != self._token]
+        self._skipped.update((file, reason) for _, file, reason in mine)
+
+    def skipped_counts(self) -> dict[str, int]:
+        """Skipped samples per file (merged batches, reads in this process, unreadable files as 1 each)."""
+        self._drain_own_pending()
+        counts: Counter[str] = Counter()
+        for (file, _), n in self._skipped.items():
+            counts[file] += n
+        for source in self.unreadable_sources:
+            counts[str(source.path)] += 1
+        return dict(counts)
+
+    def skipped_summary(self) -> str:
+        """Readable summary: totals, then each file with its count and first reason."""
+        self._drain_own_pending()
+        if not self._skipped and not self.unreadable_sources:
+            return "skipped: nothing"
+        lines = [
+            f"skipped: {sum(self._skipped.values())} sample(s) in {len({f for f, _ in self._skipped})} file(s); "
+            f"{len(self.unreadable_sources)} unreadable file(s) left out entirely"
+        ]
+        for source in self.unreadable_sources:
+            lines.append(f"  {source.path}: unreadable file: {source.error}")
+        by_file: dict[str, tuple[int, str]] = {}
+        for (file, reason), n in self._skipped.most_common():
+            count, first = by_file.get(file, (0, reason))
+            by_file[file] = (count + n, first)
+        for file, (count, reason) in sorted(by_file.items(), key=lambda item: -item[1][0]):
+            lines.append(f"  {file}: {count} sample(s) skipped ({reason})")
+        return "\n".join(lines)
+
+    def describe(self) -> str:
+        kinds = Counter(s.kind for s in self.sources)
+        cameras = sorted({s.camera for s in self.sources})
+        total = sum(s.num_frames for s in self.sources)
+        return (
+            f"{len(self.sources)} episode-camera sources ({', '.join(f'{k} ×{n}' for k, n in sorted(kinds.items()))}), "
+            f"cameras {', '.join(cameras)}; {total} frames, {len(self)} after stride {self.stride}"
+        )
+
+
+def collate_frames(samples: list[dict[str, Any] | None]) -> dict[str, Any]:
+    """Stacks the readable samples; None entries are dropped and counted in `num_skipped`.
+
+    `skipped` carries the reasons recorded in this process (a worker's) since its last batch, for
+    `FrameDataset.merge_skipped`. If every sample was skipped, `frame` is an empty (0, 3, 0, 0) tensor.
+    """
+    kept = [s for s in samples if s is not None]
+    skipped, _PENDING_SKIPS[:] = list(_PENDING_SKIPS), []
+    batch: dict[str, Any] = {
+        "frame": torch.stack([s["frame"] for s in kept]) if kept else torch.empty(0, 3, 0, 0, dtype=torch.uint8),
+        "index": torch.tensor([s["index"] for s in kept], dtype=torch.long),
+        "frame_index": torch.tensor([s["frame_index"] for s in kept], dtype=torch.long),
+        "source": [s["source"] for s in kept],
+        "num_skipped": len(samples) - len(kept),
+        "skipped": skipped,
+    }
+    if kept and "neighbor" in kept[0]:
+        batch["neighbor"] = torch.stack([s["neighbor"] for s in kept])
+        batch["neighbor_frame_index"] = torch.tensor([s["neighbor_frame_index"] for s in kept], dtype=torch.long)
+    return batch

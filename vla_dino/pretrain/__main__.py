@@ -1,0 +1,141 @@
+"""Command line: `python -m vla_dino.pretrain --frames ./robot_logs [options]`.
+
+The same command runs under torchrun for multi-GPU / multi-node (one process per GPU):
+    torchrun --nproc_per_node 8 -m vla_dino.pretrain --preset vitb14_scratch --frames ./robot_logs
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any, Sequence
+
+from vla_dino.pretrain.config import load_config, parse_override_value, preset_path
+
+DEFAULT_PRESET = "vits14_scratch"
+
+# Friendly flags → dotted config keys (the flags are shortcuts; every field has a dotted form).
+SHORTCUTS = {
+    "frames": "data.frames",
+    "cameras": "data.cameras",
+    "init": "model.init",
+    "output_dir": "output_dir",
+    "steps": "train.steps",
+    "stop_at_step": "train.stop_at_step",
+    "batch_size": "data.batch_size",
+    "device": "train.device",
+    "num_workers": "data.num_workers",
+    "seed": "train.seed",
+}
+
+EPILOG = f"""\
+Config: the recipe lives in YAML presets (configs/pretrain/*.yaml): cpu_smoke, vits14_scratch,
+vitb14_scratch, vitl14_scratch, continue_dinov2_base. Default preset: {DEFAULT_PRESET}.
+Any config field can be overridden with its dotted path, either form:
+  --ssl.optim.base_lr 1e-4   --train.precision=bf16   --set log.every_steps=5
+Values are read as YAML (1e-4, true, null, [a, b]). Sections: output_dir, model.*, data.*,
+train.*, checkpoint.*, log.*, log.collapse.*, distributed.*, export.*, ssl.{{crops,masking,heads,
+loss,optim,schedules,continued}}.*; an unknown key is an error naming it.
+
+Outputs in --output-dir: config.yaml, metrics.jsonl, metrics.csv, tensorboard/, checkpoints/
+(step_*.pt, atomic, keep-last-N, also on SIGTERM/SIGINT), loss_curve.png, export/ (hf/ and
+teacher_backbone.pth of the teacher backbone).
+
+Multi-GPU / multi-node: the same command under torchrun (DDP; distributed.strategy=fsdp for
+FSDP2), e.g.  torchrun --nproc_per_node 8 -m vla_dino.pretrain --preset vitb14_scratch --frames DIR
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m vla_dino.pretrain",
+        description="DINOv2 self-supervised pretraining (DINO + iBOT + KoLeo, EMA teacher) on robot camera frames.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--frames", action="append", metavar="DIR",
+                        help="frames to train on (repeatable): image folders, videos, LeRobot datasets, HDF5 episode files")
+    parser.add_argument("--cameras", nargs="+", metavar="NAME", help="keep only these cameras (default: all)")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--config", metavar="YAML", help="a config file (e.g. configs/pretrain/vits14_scratch.yaml)")
+    group.add_argument("--preset", metavar="NAME", help=f"a preset from configs/pretrain/ (default {DEFAULT_PRESET})")
+    parser.add_argument("--init", metavar="SRC",
+                        help="size name for from-scratch (vits14, vitb14_reg, tiny, …), hub id (facebook/dinov2-base), "
+                             "local transformers folder, or official .pth / .safetensors")
+    parser.add_argument("--output-dir", metavar="DIR", help="run folder (checkpoints, logs, export)")
+    parser.add_argument("--resume", nargs="?", const="auto", metavar="CKPT",
+                        help="continue the run in --output-dir from its latest checkpoint (fresh if none), "
+                             "or from the given checkpoint file")
+    parser.add_argument("--steps", type=int, help="total optimiser steps (the schedules span these)")
+    parser.add_argument("--stop-at-step", type=int, metavar="N", help="stop at step N with a checkpoint (resume later)")
+    parser.add_argument("--batch-size", type=int, help="frames per process per step")
+    parser.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--num-workers", type=int, help="DataLoader worker processes")
+    parser.add_argument("--seed", type=int, help="run seed (data order, augmentations, init)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted override (repeatable)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, dict[str, Any]]:
+    """Flags plus overrides {dotted key: value} from `--set k=v` and `--a.b.c v` / `--a.b.c=v`."""
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    overrides: dict[str, Any] = {}
+    for item in args.set:
+        if "=" not in item:
+            parser.error(f"--set {item!r}: expected KEY=VALUE, e.g. --set ssl.optim.base_lr=1e-4")
+        key, value = item.split("=", 1)
+        overrides[key.strip()] = parse_override_value(value)
+    i = 0
+    while i < len(rest):
+        token = rest[i]
+        if not token.startswith("--") or "." not in token.split("=", 1)[0]:
+            parser.error(f"unrecognized argument {token!r} (dotted config overrides look like --ssl.optim.base_lr 1e-4)")
+        if "=" in token:
+            key, value = token[2:].split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(rest):
+                parser.error(f"{token} needs a value")
+            key, value = token[2:], rest[i + 1]
+            i += 2
+        overrides[key] = parse_override_value(value)
+    for flag, key in SHORTCUTS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            overrides[key] = value
+    return args, overrides
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, overrides = parse_args(argv)
+    try:
+        config = load_config(args.config or preset_path(args.preset or DEFAULT_PRESET), overrides)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        return 0
+    if not config.data.frames:
+        raise SystemExit("error: no frames given; pass --frames DIR (repeatable)")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    from vla_dino.pretrain.train import NonFiniteLossError, train  # heavy imports after --help
+
+    try:
+        result = train(config, resume=args.resume)
+    except NonFiniteLossError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    if result.stopped_by in ("SIGTERM", "SIGINT"):
+        return 143 if result.stopped_by == "SIGTERM" else 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

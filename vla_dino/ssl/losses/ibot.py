@@ -1,0 +1,28 @@
+"""iBOT's masked-patch loss with DINOv2's per-image weighting."""
+
+from __future__ import annotations
+
+import torch
+
+from vla_dino.ssl.losses.dino import cross_entropy
+
+
+def masked_patch_weights(masks: torch.Tensor) -> torch.Tensor:
+    """For every masked patch (in `masks.nonzero()` order) the weight 1 / n_masked(its image)."""
+    per_image = 1.0 / masks.sum(dim=-1, dtype=torch.float32).clamp(min=1.0)
+    return per_image.unsqueeze(-1).expand_as(masks)[masks]
+
+
+def ibot_loss(
+    student_logits: torch.Tensor, targets: torch.Tensor, masks: torch.Tensor, student_temp: float
+) -> torch.Tensor:
+    """L_iBOT = (1 / N_img) Σ_i (1 / n_i) Σ_{p masked in i} H(t_p, s_p).
+
+    `student_logits`, `targets`: (M, K) for the M masked patches of `masks` (N_img, P) in
+    row-major `masks.nonzero()` order; images without a mask count in N_img with 0 loss
+    (as upstream, which divides by all global crops).
+    """
+    weights = masked_patch_weights(masks)
+    if weights.shape[0] != student_logits.shape[0]:
+        raise ValueError(f"{student_logits.shape[0]} masked-patch logits for {weights.shape[0]} masked patches")
+    return (cross_entropy(student_logits, targets, student_temp) * weights).sum() / masks.shape[0]

@@ -1,0 +1,234 @@
+"""`SSLModel`: DINOv2's student/teacher pair with heads, losses, EMA and schedules."""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers.models.dinov2.modeling_dinov2 import Dinov2DropPath
+
+from vla_dino.encoder import DinoEncoder
+from vla_dino.ssl.augment import MultiCropBatch
+from vla_dino.ssl.centering import TeacherTargets
+from vla_dino.ssl.config import SSLConfig
+from vla_dino.ssl.dist import world_size
+from vla_dino.ssl.heads import DinoHead
+from vla_dino.ssl.losses import dino_loss, gram_loss, ibot_loss, koleo_loss
+from vla_dino.ssl.param_groups import param_groups
+from vla_dino.ssl.schedules import SSLSchedules, scaled_lr
+
+
+@dataclass
+class NetworkOutput:
+    global_cls: torch.Tensor  # (2B, D) final-normed, pre-head
+    global_patches: torch.Tensor  # (2B, P, D)
+    dino_global: torch.Tensor  # (2B, K)
+    dino_local: torch.Tensor | None  # (L·B, K)
+    ibot: torch.Tensor | None  # (M, K) at the masked positions
+
+
+class SSLNetwork(nn.Module):
+    """Backbone + DINO head (+ separate iBOT head). One forward call per step, so DDP sees
+    a single forward; the teacher is a deep copy of this module."""
+
+    def __init__(self, backbone: DinoEncoder, dino_head: DinoHead, ibot_head: DinoHead | None) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.dino_head = dino_head
+        self.ibot_head = ibot_head
+
+    def forward(
+        self,
+        global_crops: torch.Tensor,
+        local_crops: torch.Tensor | None = None,
+        masks: torch.Tensor | None = None,
+        mask_index: torch.Tensor | None = None,
+    ) -> NetworkOutput:
+        glob = self.backbone(global_crops, bool_masked_pos=masks)
+        local_cls = self.backbone(local_crops).cls_token if local_crops is not None and local_crops.numel() else None
+        patches = None
+        if mask_index is not None:
+            patches = glob.patch_tokens.flatten(0, 1).index_select(0, mask_index)
+        # One head call over all inputs of the shared head (fewer, larger matmuls).
+        inputs = [x for x in (local_cls, glob.cls_token) if x is not None]
+        if patches is not None and self.ibot_head is None:
+            inputs.append(patches)
+        outputs = self.dino_head(torch.cat(inputs)).split([x.shape[0] for x in inputs])
+        dino_local = outputs[0] if local_cls is not None else None
+        dino_global = outputs[1 if local_cls is not None else 0]
+        ibot = None
+        if patches is not None:
+            ibot = outputs[-1] if self.ibot_head is None else self.ibot_head(patches)
+        return NetworkOutput(glob.cls_token, glob.patch_tokens, dino_global, dino_local, ibot)
+
+
+@dataclass
+class SSLOutput:
+    loss: torch.Tensor  # scalar, weighted total
+    metrics: dict[str, torch.Tensor]  # detached scalars
+
+
+class SSLModel(nn.Module):
+    """DINOv2 self-distillation around a `DinoEncoder` (random-init or a released checkpoint).
+
+    student = `encoder` (uniform drop-path), teacher = deep copy of student backbone + heads
+    (eval mode, no gradients, EMA-updated), optional frozen Gram reference = another copy.
+    Heads are always fresh, so continued pretraining from a checkpoint starts with
+    student = teacher = checkpoint.
+    """
+
+    def __init__(self, config: SSLConfig, encoder: DinoEncoder, total_steps: int) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.total_steps = total_steps
+        heads = config.heads
+        dim = encoder.hidden_size
+        dino_head = DinoHead(dim, heads.num_prototypes, heads.hidden_dim, heads.bottleneck_dim, heads.num_layers)
+        ibot_head = None
+        if not heads.shared_ibot:
+            ibot_k = heads.ibot_num_prototypes or heads.num_prototypes
+            ibot_head = DinoHead(dim, ibot_k, heads.hidden_dim, heads.bottleneck_dim, heads.num_layers)
+        self.student = SSLNetwork(encoder, dino_head, ibot_head)
+        self.teacher = copy.deepcopy(self.student).requires_grad_(False).eval()
+        self.gram_reference: DinoEncoder | None = None
+        if config.loss.gram_weight > 0:
+            self.gram_reference = copy.deepcopy(encoder).requires_grad_(False).eval()
+        if config.optim.drop_path > 0:
+            for block in encoder.blocks:
+                block.drop_path = Dinov2DropPath(config.optim.drop_path)
+        loss = config.loss
+        ibot_k = dino_head.num_prototypes if ibot_head is None else ibot_head.num_prototypes
+        self.dino_targets = TeacherTargets(dino_head.num_prototypes, loss.centering, loss.center_momentum, loss.sinkhorn_iterations)
+        self.ibot_targets = TeacherTargets(ibot_k, loss.centering, loss.center_momentum, loss.sinkhorn_iterations)
+        self._seen_global_batch: int | None = None
+        self._schedules = None if config.optim.batch_size is None else self._make_schedules(config.optim.batch_size)
+
+    # ------------------------------------------------------------------ access
+    @property
+    def student_backbone(self) -> DinoEncoder:
+        return self.student.backbone
+
+    @property
+    def teacher_backbone(self) -> DinoEncoder:
+        return self.teacher.backbone
+
+    @property
+    def schedules(self) -> SSLSchedules:
+        if self._schedules is None:
+            if self._seen_global_batch is None:
+                raise ValueError(
+                    "global batch size unknown for the lr scaling: set optim.batch_size "
+                    "(images per step over all processes) or call forward() before apply_schedules()"
+                )
+            self._schedules = self._make_schedules(self._seen_global_batch)
+        return self._schedules
+
+    def _make_schedules(self, global_batch: int) -> SSLSchedules:
+        optim = self.config.optim
+        return SSLSchedules(self.total_steps, scaled_lr(optim.base_lr, optim.lr_scaling, global_batch), self.config)
+
+    def train(self, mode: bool = True) -> "SSLModel":
+        super().train(mode)
+        self.teacher.eval()  # teacher and reference never use drop-path / dropout
+        if self.gram_reference is not None:
+            self.gram_reference.eval()
+        return self
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, batch: MultiCropBatch, step: int) -> SSLOutput:
+        cfg = self.config.loss
+        crops, masks = batch.global_crops, batch.masks
+        batch_size = batch.batch_size
+        if self._seen_global_batch is None:
+            self._seen_global_batch = batch_size * world_size()
+        if masks.shape[0] != crops.shape[0]:
+            raise ValueError(f"masks for {masks.shape[0]} crops, global crops {crops.shape[0]}")
+        use_ibot = cfg.ibot_weight > 0
+        mask_index = masks.flatten().nonzero().squeeze(1) if use_ibot else None
+        temperature = self.schedules.teacher_temp(step)
+
+        with torch.no_grad():
+            teacher = self.teacher(crops, mask_index=mask_index)
+            dino_targets = self.dino_targets(teacher.dino_global, temperature)
+            ibot_targets = self.ibot_targets(teacher.ibot, temperature) if use_ibot else None
+            reference = self.gram_reference(crops).patch_tokens if self.gram_reference is not None else None
+
+        student = self.student(crops, batch.local_crops if batch.num_local else None, masks, mask_index)
+        dino_local, dino_global = dino_loss(student.dino_global, student.dino_local, dino_targets, cfg.student_temp)
+        total = cfg.dino_weight * (dino_local + dino_global)
+        metrics = {"dino_local": dino_local, "dino_global": dino_global}
+        if use_ibot:
+            metrics["ibot"] = ibot_loss(student.ibot, ibot_targets, masks, cfg.student_temp)
+            total = total + cfg.ibot_weight * metrics["ibot"]
+        if cfg.koleo_weight > 0:
+            # Sum over the two global crops: no KoLeo between two crops of one image.
+            metrics["koleo"] = sum(koleo_loss(cls) for cls in student.global_cls.chunk(2))
+            total = total + cfg.koleo_weight * metrics["koleo"]
+        if reference is not None:
+            metrics["gram"] = gram_loss(student.global_patches, reference, cfg.gram_remove_negative)
+            total = total + cfg.gram_weight * metrics["gram"]
+
+        with torch.no_grad():
+            entropy = -(dino_targets * torch.log(dino_targets.clamp(min=1e-12))).sum(dim=-1).mean()
+            normed = nn.functional.normalize(student.global_cls.detach().float(), dim=-1)
+            metrics["teacher_entropy"] = entropy
+            metrics["center_norm"] = self.dino_targets.center_norm().to(entropy.device)
+            metrics["feature_std"] = normed.std(dim=0).mean()
+            metrics["teacher_temp"] = entropy.new_tensor(temperature)
+        return SSLOutput(total, {k: v.detach() for k, v in metrics.items()})
+
+    # ------------------------------------------------------------------ teacher
+    @torch.no_grad()
+    def update_teacher(self, step: int) -> None:
+        """teacher ← m·teacher + (1 − m)·student over backbone and heads, m = momentum(step);
+        with `loss.gram_refresh_steps` = N > 0 the Gram reference becomes the teacher backbone
+        every N steps."""
+        momentum = self.schedules.momentum(step)
+        teacher = list(self.teacher.parameters())
+        student = [p.detach() for p in self.student.parameters()]
+        torch._foreach_lerp_(teacher, student, 1.0 - momentum)
+        refresh = self.config.loss.gram_refresh_steps
+        if self.gram_reference is not None and refresh > 0 and step > 0 and step % refresh == 0:
+            self.gram_reference.load_state_dict(self.teacher.backbone.state_dict())
+
+    # ------------------------------------------------------------------ optimisation
+    def param_groups(self) -> list[dict]:
+        optim = self.config.optim
+        return param_groups(self.student, self.student_backbone.num_layers, optim.layer_decay, optim.patch_embed_lr_mult)
+
+    def apply_schedules(self, optimizer: torch.optim.Optimizer, step: int) -> dict[str, float]:
+        """Set each group's lr / weight_decay for `step`; returns the scalar schedule values."""
+        s = self.schedules
+        lr, last_lr, wd = s.lr(step), s.last_layer_lr(step), s.weight_decay(step)
+        frozen_backbone = s.backbone_frozen(step)
+        for group in optimizer.param_groups:
+            if "lr_mult" not in group:
+                raise ValueError(f"optimizer group {group.get('name', '?')!r} has no lr_mult; build it from SSLModel.param_groups()")
+            base = last_lr if group["is_last_layer"] else lr
+            group["lr"] = 0.0 if frozen_backbone and group["is_backbone"] else base * group["lr_mult"]
+            group["weight_decay"] = wd * group["wd_mult"]
+        return {
+            "lr": lr,
+            "last_layer_lr": last_lr,
+            "weight_decay": wd,
+            "momentum": s.momentum(step),
+            "teacher_temp": s.teacher_temp(step),
+        }
+
+    def clip_gradients(self) -> float:
+        """Clip gradient norms to optim.clip_grad (per module — backbone, each head — as
+        upstream, or over everything); returns the total norm before clipping."""
+        optim = self.config.optim
+        max_norm = optim.clip_grad if optim.clip_grad > 0 else math.inf
+        modules = [m for m in (self.student.backbone, self.student.dino_head, self.student.ibot_head) if m is not None]
+        parts = modules if optim.clip_per_module else [self.student]
+        norms = []
+        for module in parts:
+            params = [p for p in module.parameters() if p.grad is not None]
+            if params:
+                norms.append(torch.nn.utils.clip_grad_norm_(params, max_norm).float())
+        return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
