@@ -114,11 +114,11 @@ def measure(policy: PreTrainedPolicy, args: argparse.Namespace) -> tuple[float, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--image-size", type=int, default=112)
-    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--image-size", type=int, default=84)
+    parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--dino", default="vits14_reg", help="tower size name (random init) or checkpoint source")
-    parser.add_argument("--steps", type=int, default=5, help="timed repetitions (median reported)")
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=3, help="timed repetitions (median reported)")
+    parser.add_argument("--warmup", type=int, default=1)
     args = parser.parse_args()
     if args.device == "cpu":
         torch.set_num_threads(max(1, torch.get_num_threads()))

@@ -7,7 +7,7 @@ postprocessor → ``.cpu()`` in fp32, as ``lerobot-rollout`` runs it. The sustai
 measured with :class:`~vla_dino.runtime.chunking.ControlLoop` running one inference per tick
 (blocking, as fast as possible); the async row runs the loop at ``--fps`` with chunking.
 
-    python benchmarks/bench_runtime_latency.py                      # CPU, ViT-S/14 reg policy at 224²
+    python benchmarks/bench_runtime_latency.py                      # CPU, tiny vla_dino policy (< 1 min)
     python benchmarks/bench_runtime_latency.py --device cuda --preset vla_dino-moonshot --dtype bf16
     python benchmarks/bench_runtime_latency.py --checkpoint outputs/train/x/checkpoints/last/pretrained_model
 """
@@ -61,15 +61,18 @@ def machine_name(device: torch.device) -> str:
     return f"{model}, {torch.get_num_threads()} torch threads (torch {torch.__version__})"
 
 
-def time_calls(fn: Callable[[], object], warmup: int, iters: int) -> np.ndarray:
-    for _ in range(warmup):
-        fn()
-    times = np.empty(iters)
+def time_interleaved(fns: list[Callable[[], object]], warmup: int, iters: int) -> list[np.ndarray]:
+    """Per-call wall times (ms), the candidates alternating call by call so load drift hits all alike."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    times = np.empty((len(fns), iters))
     for i in range(iters):
-        start = time.perf_counter()
-        fn()  # returns host numpy: the device work is finished
-        times[i] = (time.perf_counter() - start) * 1e3
-    return times
+        for j, fn in enumerate(fns):
+            start = time.perf_counter()
+            fn()  # returns host numpy: the device work is finished
+            times[j, i] = (time.perf_counter() - start) * 1e3
+    return list(times)
 
 
 def sustained_hz(predict: Callable[[dict], np.ndarray], observation: dict, steps: int) -> float:
@@ -82,7 +85,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     parser.add_argument("--checkpoint", default=None, help="LeRobot checkpoint folder; default: build --preset with random weights")
-    parser.add_argument("--preset", default="vla_dino-vits14_reg", choices=sorted(PRESETS))
+    parser.add_argument("--preset", default="vla_dino-tiny", choices=sorted(PRESETS))
     parser.add_argument("--dtype", default="auto", help="fp32 | bf16 | fp16 | auto (bf16 on CUDA, fp32 on CPU)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the policy in the runtime")
     parser.add_argument("--no-cuda-graphs", action="store_true")
@@ -112,12 +115,13 @@ def main() -> None:
         params = sum(p.numel() for p in policy.parameters()) / 1e6
 
         eager = lambda: lerobot_predict_chunk(policy, pre, post, observation, device)  # noqa: E731
-        rows = []
-        for label, fn, predict in (
+        candidates = [
             ("eager LeRobot, fp32", eager, lambda obs: eager()),
             (f"vla_dino runtime, {runtime.dtype}", lambda: runtime.predict_chunk(observation), runtime.predict_chunk),
-        ):
-            times = time_calls(fn, args.warmup, args.iters)
+        ]
+        all_times = time_interleaved([fn for _, fn, _ in candidates], args.warmup, args.iters)
+        rows = []
+        for (label, _, predict), times in zip(candidates, all_times):
             rows.append({"name": label, "p50_ms": float(np.percentile(times, 50)), "p99_ms": float(np.percentile(times, 99)),
                          "mean_ms": float(times.mean()), "sustained_hz": sustained_hz(predict, observation, max(args.iters // 2, 5))})
 

@@ -1,6 +1,5 @@
 """PolicyRuntime against plain eager LeRobot inference of the same checkpoint."""
 
-import logging
 
 import numpy as np
 import pytest

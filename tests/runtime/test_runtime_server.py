@@ -150,3 +150,20 @@ def test_refuses_to_bind_beyond_loopback_without_a_token(act_runtime):
         PolicyServer(act_runtime, ServerConfig(host="0.0.0.0", port=0))
     with pytest.raises(ValueError, match="empty"):
         PolicyServer(act_runtime, ServerConfig(port=0, token=""))
+
+
+def test_serve_cli_config_checks_the_bind_first_and_reads_the_token_from_the_env(act_checkpoint, monkeypatch, act_runtime):
+    from vla_dino.runtime.serve import PolicyPath, ServeConfig, build_server
+    from vla_dino.runtime.server import TOKEN_ENV
+
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    with pytest.raises(ValueError, match="without a token"):
+        build_server(ServeConfig(policy=PolicyPath("/nonexistent"), server=ServerConfig(host="0.0.0.0", port=0)))
+    monkeypatch.setenv(TOKEN_ENV, "from-env")
+    config = ServeConfig(policy=PolicyPath(str(act_checkpoint)), server=ServerConfig(port=0))
+    config.runtime.device, config.runtime.warmup_iters = "cpu", 1
+    with build_server(config) as server:
+        obs = observation(act_runtime)
+        with pytest.raises(PolicyServerError, match="401"):
+            PolicyClient(*server.address).predict_chunk(obs)
+        np.testing.assert_array_equal(PolicyClient(*server.address, token="from-env").predict_chunk(obs), act_runtime.predict_chunk(obs))

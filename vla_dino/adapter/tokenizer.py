@@ -90,7 +90,9 @@ class VisionTokenizer(nn.Module):
             raise TypeError(f"images must be a dict camera name → (B, 3, H, W) tensor; got {type(images).__name__}")
         missing, extra = [n for n in expected if n not in images], sorted(set(images) - set(expected))
         if missing or extra:
-            raise KeyError(f"camera names {sorted(images)} do not match camera_names {expected} (missing {missing}, extra {extra})")
+            raise KeyError(
+                f"camera names {sorted(images)} do not match camera_names {expected} (missing {missing}, extra {extra})"
+            )
         batch_sizes = {name: images[name].shape[0] for name in expected}
         if len(set(batch_sizes.values())) > 1:
             raise ValueError(f"cameras have different batch sizes {batch_sizes}")
@@ -106,7 +108,9 @@ class VisionTokenizer(nn.Module):
     def _check_proprio(self, proprio: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor:
         expected = (batch, self.config.proprio_dim)
         if proprio is None:
-            raise ValueError(f"VisionTokenizerConfig.proprio_dim={self.config.proprio_dim} but no proprio given; expected {expected}")
+            raise ValueError(
+                f"VisionTokenizerConfig.proprio_dim={self.config.proprio_dim} but no proprio given; expected {expected}"
+            )
         if tuple(proprio.shape) != expected:
             raise ValueError(f"proprio shape {tuple(proprio.shape)}; expected {expected}")
         return proprio.to(device=device, dtype=self.proprio.weight.dtype)
@@ -148,7 +152,9 @@ class VisionTokenizer(nn.Module):
         values.update(overrides, dino=str(directory / DINO_DIR))
         if values.get("siglip") is not None:
             if not (directory / SIGLIP_DIR / "config.json").is_file():
-                raise FileNotFoundError(f"{directory} has siglip={values['siglip']!r} in its config but no {SIGLIP_DIR}/ tower folder")
+                raise FileNotFoundError(
+                    f"{directory} has siglip={values['siglip']!r} in its config but no {SIGLIP_DIR}/ tower folder"
+                )
             values["siglip"] = str(directory / SIGLIP_DIR)
         model = cls(VisionTokenizerConfig.from_dict(values))
         missing, unexpected = model.load_state_dict(load_file(str(directory / HEAD_FILE)), strict=False)

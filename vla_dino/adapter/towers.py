@@ -123,9 +123,13 @@ class DinoTower(Tower):
 
     @classmethod
     def load(cls, source: str) -> "DinoTower":
-        """A DinoEncoder size name (random init), hub id, folder or official checkpoint file."""
+        """A DinoEncoder size name (random init), hub id, transformers folder, official checkpoint
+        file, or a `vla_dino.export` output folder (its `hf/` transformers folder is used)."""
         if source in size_names():
             return cls(DinoEncoder.from_size(source))
+        path = Path(source)
+        if path.is_dir() and not (path / "config.json").is_file() and (path / "hf" / "config.json").is_file():
+            source = str(path / "hf")
         return cls(DinoEncoder.from_pretrained(source)).float()
 
     patch_size = property(lambda self: self.encoder.patch_size)
@@ -176,7 +180,9 @@ class SiglipTower(Tower):
                 raise FileNotFoundError(f"SigLIP folder {path} not found or has no config.json")
         model_type = AutoConfig.from_pretrained(source).model_type
         if model_type not in _SIGLIP_MODEL_TYPES:
-            raise ValueError(f"siglip={source!r}: model_type {model_type!r} is not SigLIP (expected {list(_SIGLIP_MODEL_TYPES)})")
+            raise ValueError(
+                f"siglip={source!r}: model_type {model_type!r} is not SigLIP (expected {list(_SIGLIP_MODEL_TYPES)})"
+            )
         return cls(SiglipVisionModel.from_pretrained(source)).float()
 
     patch_size = property(lambda self: int(self.model.config.patch_size))

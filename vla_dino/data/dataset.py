@@ -32,6 +32,9 @@ from vla_dino.data.videos import VideoReader
 
 # Skips recorded in this process and not yet handed to a batch: (dataset token, file, reason).
 _PENDING_SKIPS: list[tuple[str, str, str]] = []
+# Readers a forked worker inherited from its parent: kept referenced and never touched, because
+# freeing FFmpeg decoder threads or HDF5 handles that belong to the parent deadlocks the child.
+_INHERITED_READERS: list[dict[str, "_Reader"]] = []
 
 
 class _Reader(Protocol):
@@ -107,14 +110,15 @@ class FrameDataset(Dataset):
     # ---------------------------------------------------------------- reading
     def __getitem__(self, index: int) -> dict[str, Any] | None:
         source, frame = self.locate(index)
+        reading = frame
         try:
             sample: dict[str, Any] = {"frame": self.read_frame(source, frame)}
             if self.neighbor_offset > 0:
-                neighbor = self.neighbor_frame(index)
-                sample["neighbor"] = self.read_frame(source, neighbor)
-                sample["neighbor_frame_index"] = neighbor
+                reading = self.neighbor_frame(index)
+                sample["neighbor"] = self.read_frame(source, reading)
+                sample["neighbor_frame_index"] = reading
         except Exception as error:  # any decode failure skips the sample; the reason is kept
-            self._record_skip(source, frame, error)
+            self._record_skip(source, reading, error)
             return None
         sample.update(source=source.name, index=index % len(self), frame_index=frame, episode=source.episode, camera=source.camera)
         return sample
@@ -128,6 +132,8 @@ class FrameDataset(Dataset):
         # A forked worker must not reuse handles opened by its parent (h5py and FFmpeg state is not
         # fork-safe); the parent's are left alone, new ones are opened here.
         if self._readers is None or self._reader_pid != os.getpid():
+            if self._readers is not None:
+                _INHERITED_READERS.append(self._readers)
             self._readers, self._reader_pid = _new_readers(), os.getpid()
         return self._readers[kind]
 

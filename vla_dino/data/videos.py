@@ -56,6 +56,10 @@ class _PyAVVideo:
         self.path = path
         self.container = av.open(str(path))
         self.stream = self.container.streams.video[0]
+        # One decoding thread: DataLoader workers are the parallelism, and FFmpeg's thread pools
+        # do not survive fork (freeing an inherited one deadlocks the child).
+        self.stream.thread_type = "NONE"
+        self.stream.codec_context.thread_count = 1
         # Frame i is the i-th presentation timestamp; demuxing reads packets without decoding.
         timestamps = [packet.pts for packet in self.container.demux(self.stream) if packet.size]
         if any(pts is None for pts in timestamps):

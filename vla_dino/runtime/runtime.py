@@ -151,7 +151,7 @@ class _CapturedPolicy:
                 static = self.static_inputs[key]
                 if value.shape != static.shape or value.dtype != static.dtype or value.device != static.device:
                     return False
-            elif value != self.constants[key]:
+            elif not _same_constant(value, self.constants[key]):
                 return False
         return True
 
@@ -187,6 +187,8 @@ class PolicyRuntime:
         self._lock = threading.Lock()
         self._graph: _CapturedPolicy | None = None
         self._graph_misses = 0
+        self._capturing = False
+        self._copied: torch.cuda.Event | None = None  # last host->device copy, before the host buffers are reused
         self.notes: list[str] = []  # what was enabled / skipped, for logs and benchmark tables
 
         self._predict: Callable[[dict], torch.Tensor] = policy.predict_action_chunk
@@ -235,7 +237,8 @@ class PolicyRuntime:
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.dtype == "fp32":
             return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=DTYPES[self.dtype])
+        # The weight-cast cache must be off while a CUDA graph is captured (torch.cuda graph docs).
+        return torch.autocast(device_type=self.device.type, dtype=DTYPES[self.dtype], cache_enabled=not self._capturing)
 
     def _policy_call(self, batch: dict) -> torch.Tensor:
         with self._autocast():
@@ -243,10 +246,15 @@ class PolicyRuntime:
 
     @torch.inference_mode()
     def _preprocess(self, observation: Mapping[str, np.ndarray], task: str | None) -> dict:
+        if self._copied is not None:
+            self._copied.synchronize()  # a pending non-blocking copy may still read the pinned buffers
         for name, host in self._host.items():
             host.numpy()[...] = observation[name]
             if self._dev[name] is not host:
                 self._dev[name].copy_(host, non_blocking=True)
+        if self.device.type == "cuda":
+            self._copied = torch.cuda.Event()
+            self._copied.record()
         batch: dict[str, Any] = {}
         for spec in self.spec.inputs:
             x = self._dev[spec.name]
@@ -311,7 +319,11 @@ class PolicyRuntime:
         check_observation = self._synthetic_observation(self.spec.inputs, seed=1)
         with torch.inference_mode():
             try:
-                graph = _CapturedPolicy(self._policy_call, self._preprocess(capture_observation, None))
+                self._capturing = True
+                try:
+                    graph = _CapturedPolicy(self._policy_call, self._preprocess(capture_observation, None))
+                finally:
+                    self._capturing = False
                 batch = self._preprocess(check_observation, None)
                 replayed = graph(batch).float().clone()
                 eager = self._policy_call(batch).float()
@@ -327,6 +339,13 @@ class PolicyRuntime:
             return
         self._graph = graph
         self._note(f"CUDA graph captured (replay vs eager max diff {error:.2g})")
+
+
+def _same_constant(a: object, b: object) -> bool:
+    try:
+        return type(a) is type(b) and bool(a == b)
+    except Exception:  # e.g. arrays: ambiguous truth value — treat as different (eager path, still correct)
+        return False
 
 
 def _torch_dtype(spec: ArraySpec) -> torch.dtype:

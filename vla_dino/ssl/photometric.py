@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-_GRAY_WEIGHTS = (0.299, 0.587, 0.114)
+_GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
 
 
 def _rand(n: int, device: torch.device, low: float = 0.0, high: float = 1.0) -> torch.Tensor:
