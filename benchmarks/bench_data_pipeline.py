@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from vla_dino.data import FrameDataset, collate_frames, discover_sources, examples
+from vla_dino.data import FrameDataset, collate_frames, discover_sources
 
 
 def machine_name() -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -117,7 +116,10 @@ def test_dataset_pickles_without_open_files(logs: Path) -> None:
 
 def test_dataloader_with_two_workers_reads_every_kind_and_merges_skips(logs: Path) -> None:
     dataset = FrameDataset(discover_sources([logs]), frame_size=24, stride=2, neighbor_offset=1, seed=1)
-    dataset[0]  # files opened in the parent before the workers fork must not be reused by them
+    # every kind read (and its files opened) in the parent first: forked workers must neither
+    # reuse nor free the parent's HDF5/FFmpeg handles
+    serial = [dataset[i] for i in range(len(dataset))]
+    assert dataset._readers["hdf5"].open_files and dataset._readers["video"].open_files
     loader = DataLoader(dataset, batch_size=4, shuffle=True, num_workers=2, collate_fn=collate_frames,
                         generator=torch.Generator().manual_seed(0), persistent_workers=False)
     indices, skipped = [], 0
@@ -128,7 +130,6 @@ def test_dataloader_with_two_workers_reads_every_kind_and_merges_skips(logs: Pat
         for frame, neighbor, index in zip(batch["frame"], batch["neighbor"], batch["index"].tolist()):
             source, number = dataset.locate(index)
             assert _red_index(frame) == number and abs(_red_index(neighbor) - number) <= 1
-    serial = [dataset[i] for i in range(len(dataset))]
     assert sorted(indices) == [i for i, s in enumerate(serial) if s is not None]
     assert skipped == sum(s is None for s in serial) > 0
     broken = str(logs / "ep3/front/frame_2.jpg")

@@ -209,3 +209,22 @@ def test_image_files_given_directly_are_one_frame_sources(logs: Path) -> None:
     dataset = FrameDataset(sources, frame_size=SIZE)
     np.testing.assert_array_equal(dataset[0]["frame"].numpy(), _expected(2, 0))
     np.testing.assert_array_equal(dataset[1]["frame"].numpy(), _expected(0, 1))
+
+
+@pytest.mark.parametrize(("name", "codec"), [("cam.webm", "libvpx-vp9"), ("cam.mkv", "libx264"), ("cam.avi", "mpeg4")])
+def test_other_video_containers(tmp_path: Path, name: str, codec: str) -> None:
+    examples.write_video(tmp_path / name, 9, codec=codec)
+    (source,) = discover_sources([tmp_path])
+    assert (source.kind, source.num_frames, source.key, source.camera) == ("video", 9, "pyav", "cam")
+    dataset = FrameDataset([source], frame_size=SIZE)
+    assert [round(float(dataset[i]["frame"][0].float().mean()) / 16) for i in (8, 3, 0, 5)] == [8, 3, 0, 5]
+
+
+def test_repeated_episode_names_are_not_mistaken_for_cameras(tmp_path: Path) -> None:
+    for task in ("pick", "place"):
+        for episode in ("ep0", "ep1"):
+            examples.write_image_folder(tmp_path / task / episode, 1)
+    sources = discover_sources([tmp_path])
+    assert sorted((s.episode.split("/", 1)[1], s.camera) for s in sources) == [
+        ("pick/ep0", "default"), ("pick/ep1", "default"), ("place/ep0", "default"), ("place/ep1", "default")
+    ]

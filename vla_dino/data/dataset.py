@@ -19,9 +19,10 @@ import uuid
 from collections import Counter
 from typing import Any, Protocol
 
+import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from vla_dino.data.base import FrameSource, square_resize
 from vla_dino.data.discovery import NoFramesError
@@ -30,8 +31,9 @@ from vla_dino.data.images import ImageReader
 from vla_dino.data.lerobot import LeRobotReader
 from vla_dino.data.videos import VideoReader
 
-# Skips recorded in this process and not yet handed to a batch: (dataset token, file, reason).
-_PENDING_SKIPS: list[tuple[str, str, str]] = []
+# Skips recorded and not yet handed to a batch: (process id, dataset token, file, reason). A forked
+# worker inherits its parent's entries; the pid keeps them from being reported twice.
+_PENDING_SKIPS: list[tuple[int, str, str, str]] = []
 # Readers a forked worker inherited from its parent: kept referenced and never touched, because
 # freeing FFmpeg decoder threads or HDF5 handles that belong to the parent deadlocks the child.
 _INHERITED_READERS: list[dict[str, "_Reader"]] = []
@@ -52,6 +54,10 @@ class FrameDataset(Dataset):
 
     Each frame: the centre square of side min(H, W), resized to `frame_size` (equivalently, shorter
     side to `frame_size`, then centre crop). Files are opened lazily in the process that reads them.
+
+    A sample: {"frame": uint8 (3, S, S), "source": str, "index": int (dataset index),
+    "frame_index": int (in its episode), "episode": str, "camera": str}, plus "neighbor" (uint8
+    (3, S, S)) and "neighbor_frame_index" when `neighbor_offset > 0`; None when unreadable.
     """
 
     def __init__(
@@ -134,6 +140,8 @@ class FrameDataset(Dataset):
         if self._readers is None or self._reader_pid != os.getpid():
             if self._readers is not None:
                 _INHERITED_READERS.append(self._readers)
+            if get_worker_info() is not None:
+                cv2.setNumThreads(1)  # workers are the parallelism (torch does the same for its threads)
             self._readers, self._reader_pid = _new_readers(), os.getpid()
         return self._readers[kind]
 
@@ -153,7 +161,7 @@ class FrameDataset(Dataset):
     def _record_skip(self, source: FrameSource, frame: int, error: Exception) -> None:
         file = str(source.files[frame]) if source.kind == "images" and frame < len(source.files) else str(source.path)
         reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-        _PENDING_SKIPS.append((self._token, file, reason))
+        _PENDING_SKIPS.append((os.getpid(), self._token, file, reason))
 
     def merge_skipped(self, batch: dict[str, Any]) -> int:
         """Counts the skips a batch reports (from any worker); returns how many were this dataset's."""
@@ -162,9 +170,10 @@ class FrameDataset(Dataset):
         return len(mine)
 
     def _drain_own_pending(self) -> None:
-        mine = [entry for entry in _PENDING_SKIPS if entry[0] == self._token]
-        _PENDING_SKIPS[:] = [entry for entry in _PENDING_SKIPS if entry[0] != self._token]
-        self._skipped.update((file, reason) for _, file, reason in mine)
+        pid = os.getpid()
+        mine = [entry for entry in _PENDING_SKIPS if entry[:2] == (pid, self._token)]
+        _PENDING_SKIPS[:] = [entry for entry in _PENDING_SKIPS if entry[:2] != (pid, self._token)]
+        self._skipped.update((file, reason) for _, _, file, reason in mine)
 
     def skipped_counts(self) -> dict[str, int]:
         """Skipped samples per file (merged batches, reads in this process, unreadable files as 1 each)."""
@@ -212,7 +221,9 @@ def collate_frames(samples: list[dict[str, Any] | None]) -> dict[str, Any]:
     `FrameDataset.merge_skipped`. If every sample was skipped, `frame` is an empty (0, 3, 0, 0) tensor.
     """
     kept = [s for s in samples if s is not None]
-    skipped, _PENDING_SKIPS[:] = list(_PENDING_SKIPS), []
+    pid = os.getpid()
+    skipped = [(token, file, reason) for owner, token, file, reason in _PENDING_SKIPS if owner == pid]
+    _PENDING_SKIPS.clear()  # entries of another pid are a forked parent's, reported by the parent
     batch: dict[str, Any] = {
         "frame": torch.stack([s["frame"] for s in kept]) if kept else torch.empty(0, 3, 0, 0, dtype=torch.uint8),
         "index": torch.tensor([s["index"] for s in kept], dtype=torch.long),

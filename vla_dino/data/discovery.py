@@ -10,7 +10,7 @@ Camera names: LeRobot feature keys (last component: `observation.images.front` â
 layout names, and for image folders / video files the folder or file name when it is a camera:
 a name in `cameras`, a usual camera name (cam*, wrist, front, top, side, left, right, overhead,
 agentview, eye/hand, rgb, view, â€¦), or a leaf folder name that repeats under several episodes
-(`ep0/left`, `ep1/left`). Otherwise the camera is "default" and the folder is the episode.
+(`ep0/left`, `ep1/left`) and does not look like an episode (`ep3`, `demo_2`, `0017`). Otherwise the camera is "default" and the folder is the episode.
 `cameras` keeps the sources whose camera name or full key (e.g. `agentview_image`,
 `observation.images.front`) is listed.
 """
@@ -34,6 +34,7 @@ _CAMERA_WORD = re.compile(
     r"(?:^|[_\-.])(?:cam|camera|wrist|front|top|side|left|right|overhead|agentview|eye|hand|rgb|color|view)\d*(?:$|[_\-.])",
     re.IGNORECASE,
 )
+_EPISODE_WORD = re.compile(r"^(?:ep|episode|demo|traj|trajectory|run|seq|sequence|take)?[_\-]?\d+$", re.IGNORECASE)
 
 
 class NoFramesError(ValueError):
@@ -105,7 +106,7 @@ class _Walk:
         parents_by_name: dict[str, set[Path]] = {}
         for folder, _ in image_folders:
             parents_by_name.setdefault(folder.name, set()).add(folder.parent)
-        repeated = {name for name, parents in parents_by_name.items() if len(parents) > 1 and name}
+        repeated = {name for name, parents in parents_by_name.items() if len(parents) > 1 and not _EPISODE_WORD.match(name)}
         for folder, images in image_folders:
             episode, camera = self._episode_and_camera(path, folder, repeated)
             self.sources.append(image_source(folder, images, episode, camera))

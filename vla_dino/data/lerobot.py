@@ -9,7 +9,6 @@ does not load on these machines), one camera at a time so other cameras are not 
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,6 @@ import numpy as np
 
 from vla_dino.data.base import FrameReadError, FrameSource, to_rgb_uint8
 
-logger = logging.getLogger(__name__)
 
 CAMERA_DTYPES = ("image", "video")
 
@@ -34,9 +32,13 @@ def _open(root: Path) -> Any:
 
 
 def camera_keys(root: Path) -> list[str]:
-    """Image/video feature keys from `meta/info.json` (no parquet reading)."""
+    """Image/video feature keys from `meta/info.json` (no parquet reading); depth maps are left out."""
     features = json.loads((root / "meta" / "info.json").read_text())["features"]
-    return [key for key, spec in features.items() if spec.get("dtype") in CAMERA_DTYPES]
+    return [
+        key
+        for key, spec in features.items()
+        if spec.get("dtype") in CAMERA_DTYPES and not (spec.get("info") or {}).get("is_depth_map", False)
+    ]
 
 
 def lerobot_sources(root: Path, keys: list[str]) -> list[FrameSource]:
