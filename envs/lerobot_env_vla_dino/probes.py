@@ -172,28 +172,32 @@ def encoder_features(encoder: Any, images: np.ndarray, batch_size: int = 64, ima
 
 
 def load_frames(root: str | Path, camera: str | None = None, repo_id: str = "vla_dino/demos") -> dict[str, Any]:
-    """Frames (N, H, W, 3) uint8, episode ids and `sim_state.*` arrays of a dataset from `collect_demos`."""
+    """A dataset written by `collect_demos`, as arrays: `images` (N, H, W, 3) uint8 of one camera,
+    `episodes` (N,), `agent_pos` (N, S), `actions` (N, A), `states` {name: (N, k)} and `camera`."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     dataset = LeRobotDataset(repo_id, root=root)
-    cameras = [key for key in dataset.meta.camera_keys]
+    cameras = list(dataset.meta.camera_keys)
     key = f"observation.images.{camera}" if camera else cameras[0]
     if key not in cameras:
         raise KeyError(f"{root}: no camera {key!r}; cameras are {cameras}")
     state_keys = [k for k in dataset.features if k.startswith("sim_state.")]
     if not state_keys:
         raise KeyError(f"{root}: no sim_state.* columns; collect the dataset with lerobot_env_vla_dino.collect")
-    images, episodes, states = [], [], {k.removeprefix("sim_state."): [] for k in state_keys}
+    columns: dict[str, list] = {k: [] for k in ["episode_index", "observation.state", "action", *state_keys]}
+    images = []
     for index in range(len(dataset)):
         item = dataset[index]
         images.append((item[key].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
-        episodes.append(int(item["episode_index"]))
-        for k in state_keys:
-            states[k.removeprefix("sim_state.")].append(item[k].numpy())
+        for k, values in columns.items():
+            values.append(item[k].numpy())
     return {
         "images": np.stack(images),
-        "episodes": np.array(episodes),
-        "states": {k: np.stack(v) for k, v in states.items()},
+        "camera": key.removeprefix("observation.images."),
+        "episodes": np.array(columns["episode_index"]).astype(int),
+        "agent_pos": np.stack(columns["observation.state"]).astype(np.float32),
+        "actions": np.stack(columns["action"]).astype(np.float32),
+        "states": {k.removeprefix("sim_state."): np.stack(columns[k]) for k in state_keys},
     }
 
 
