@@ -39,7 +39,7 @@ class OursStep:
     name = "vla_dino.ssl"
 
     def __init__(self, encoder: DinoEncoder, config: SSLConfig, steps: int) -> None:
-        self.model = SSLModel(config, encoder, total_steps=steps).train()
+        self.model = SSLModel(config, encoder, total_steps=steps).to(next(encoder.parameters()).device).train()
         self.optimizer = torch.optim.AdamW(self.model.param_groups(), betas=config.optim.betas)
 
     def __call__(self, batch: MultiCropBatch, step: int) -> float:

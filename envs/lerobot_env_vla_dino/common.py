@@ -149,8 +149,17 @@ class ManipulationEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
     task_description: str = ""
 
-    def __init__(self, cameras: Sequence[str], image_size: tuple[int, int], agent_dim: int, terminate_on_success: bool):
+    def __init__(
+        self,
+        cameras: Sequence[str],
+        image_size: tuple[int, int],
+        agent_dim: int,
+        terminate_on_success: bool,
+        render_mode: str | None = "rgb_array",
+    ):
         super().__init__()
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode={render_mode!r}; these envs render 'rgb_array' only")
         if not cameras:
             raise ValueError("cameras is empty; expected at least one camera name")
         self.camera_names = list(cameras)

@@ -48,13 +48,14 @@ class FetchEnv(ManipulationEnv):
         cameras: Sequence[str] = ("front",),
         image_size: int | Sequence[int] = 96,
         terminate_on_success: bool = True,
+        render_mode: str | None = "rgb_array",
     ) -> None:
         if task not in TASKS:
             raise ValueError(f"unknown Fetch task {task!r}; expected one of {sorted(TASKS)}")
         unknown = [c for c in cameras if c not in CAMERAS]
         if unknown:
             raise ValueError(f"unknown Fetch cameras {unknown}; expected names from {sorted(CAMERAS)}")
-        super().__init__(cameras, as_size(image_size), agent_dim=5, terminate_on_success=terminate_on_success)
+        super().__init__(cameras, as_size(image_size), 5, terminate_on_success, render_mode)
         self.task = task
         self.task_description = DESCRIPTIONS[task]
         self.sim = gym.make(TASKS[task], disable_env_checker=True).unwrapped

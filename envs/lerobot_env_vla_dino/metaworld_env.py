@@ -42,10 +42,11 @@ class MetaWorldEnv(ManipulationEnv):
         cameras: Sequence[str] = ("corner",),
         image_size: int | Sequence[int] = 96,
         terminate_on_success: bool = True,
+        render_mode: str | None = "rgb_array",
     ) -> None:
         if task not in TASK_NAMES:
             raise ValueError(f"unknown Meta-World task {task!r}; expected one of {TASK_NAMES}")
-        super().__init__(cameras, as_size(image_size), agent_dim=4, terminate_on_success=terminate_on_success)
+        super().__init__(cameras, as_size(image_size), 4, terminate_on_success, render_mode)
         self.task = task
         self.task_description = task_description(task)
         benchmark = metaworld.MT1(task, seed=0)

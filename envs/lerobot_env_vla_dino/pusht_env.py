@@ -26,11 +26,15 @@ class PushTEnv(ManipulationEnv):
     task_description = "push the T-shaped block onto the target"
 
     def __init__(
-        self, cameras: Sequence[str] = ("top",), image_size: int | Sequence[int] = 96, terminate_on_success: bool = True
+        self,
+        cameras: Sequence[str] = ("top",),
+        image_size: int | Sequence[int] = 96,
+        terminate_on_success: bool = True,
+        render_mode: str | None = "rgb_array",
     ) -> None:
         if list(cameras) != ["top"]:
             raise ValueError(f"PushT has one camera, 'top'; got cameras={list(cameras)}")
-        super().__init__(cameras, as_size(image_size), agent_dim=2, terminate_on_success=terminate_on_success)
+        super().__init__(cameras, as_size(image_size), 2, terminate_on_success, render_mode)
         height, width = self.image_size
         self.sim = _GymPushT(obs_type="state", observation_width=width, observation_height=height)
         self.action_space = self.sim.action_space

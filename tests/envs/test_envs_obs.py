@@ -117,3 +117,14 @@ def test_bad_arguments_are_clear():
         gym.make("vla_dino/MetaWorld-reach-v3", cameras=("nope",))
     with pytest.raises(ValueError, match="unknown Fetch cameras"):
         gym.make("vla_dino/FetchReach-v0", cameras=("nope",))
+
+
+def test_render_is_the_first_camera_frame():
+    env = gym.make("vla_dino/PushT-v0", image_size=SIZE, render_mode="rgb_array")
+    obs, _ = env.reset(seed=0)
+    np.testing.assert_array_equal(env.render(), obs["pixels"]["top"])
+    env.close()
+    from lerobot_env_vla_dino.pusht_env import PushTEnv
+
+    with pytest.raises(ValueError, match="rgb_array"):
+        PushTEnv(render_mode="depth_array")

@@ -55,3 +55,18 @@ def test_probe_errors_are_clear():
         ridge_probe(features, {"y": features[:, 0]}, groups)
     with pytest.raises(ValueError, match="episode ids"):
         ridge_probe(features, {"y": features[:, 0]}, groups[:-1])
+
+
+def test_probe_dataset_end_to_end(tmp_path):
+    """Frames of a collected dataset → tiny DinoEncoder features → probes of the simulator state."""
+    from vla_dino.encoder import DinoEncoder
+
+    from lerobot_env_vla_dino.collect import collect_demos
+    from lerobot_env_vla_dino.probes import probe_dataset
+
+    root = collect_demos("vla_dino/FetchPush-v0", 4, tmp_path / "ds", image_size=28, use_videos=False)
+    report = probe_dataset(root, DinoEncoder.from_size("tiny", image_size=28), k=3)
+    # The goal moves between episodes and the gripper and block within them: all are probed.
+    assert {"gripper_pos", "goal_pos", "obj_pos"} <= set(report.probe.r2)
+    assert all(np.isfinite(v) and v <= 1.0 for v in report.probe.r2.values())
+    assert report.feature_dim == 64 and report.retrieval.k == 3 and report.retrieval.random_state_distance > 0

@@ -167,7 +167,7 @@ class DinoEncoder(nn.Module):
         hidden = self.model.embeddings(pixel_values, bool_masked_pos=bool_masked_pos)
         captured: dict[int, torch.Tensor] = {}
         for index, block in enumerate(self.blocks[: max(indices) + 1]):
-            hidden = block(hidden, None)
+            hidden = block(hidden)
             if index in indices:
                 captured[index] = self.model.layernorm(hidden) if norm else hidden
         return [self._split(captured[i], grid) for i in indices]

@@ -16,6 +16,16 @@ def _move(gripper: np.ndarray, target: np.ndarray, grip: float) -> np.ndarray:
     return np.append(np.clip(GAIN * (target - gripper), -1.0, 1.0), grip).astype(np.float32)
 
 
+def _over_then_down(gripper: np.ndarray, target: np.ndarray, grip: float, height: float) -> np.ndarray | None:
+    """Move above `target` (+`height`), then down onto it, so the fingers never sweep through the
+    block; None once there (within 1 cm)."""
+    if np.linalg.norm(gripper[:2] - target[:2]) > 0.01:
+        return _move(gripper, target + np.array([0.0, 0.0, height]), grip)
+    if abs(gripper[2] - target[2]) > 0.01:
+        return _move(gripper, target, grip)
+    return None
+
+
 class FetchExpert:
     """Phase machine per task. Slide has no expert: it needs a ballistic strike we do not script."""
 
@@ -47,12 +57,9 @@ class FetchExpert:
         direction /= max(np.linalg.norm(direction), 1e-6)
         behind = np.append(block[:2] - 0.06 * direction, block[2])  # fingertips 6 cm behind the block centre
         if self._phase == "approach":
-            above = behind + np.array([0.0, 0.0, 0.08])
-            # Go over, then down, so the fingers never sweep through the block.
-            if np.linalg.norm(gripper[:2] - behind[:2]) > 0.01:
-                return _move(gripper, above, CLOSE)
-            if abs(gripper[2] - behind[2]) > 0.01:
-                return _move(gripper, behind, CLOSE)
+            action = _over_then_down(gripper, behind, CLOSE, height=0.08)
+            if action is not None:
+                return action
             self._phase = "push"
         # Push through the block centre towards the goal; re-align if the block slid sideways.
         if np.linalg.norm(np.cross(np.append(direction, 0), np.append(gripper[:2] - block[:2], 0))) > 0.02:
@@ -62,11 +69,9 @@ class FetchExpert:
 
     def _pick_and_place(self, gripper: np.ndarray, block: np.ndarray, goal: np.ndarray) -> np.ndarray:
         if self._phase == "approach":
-            above = block + np.array([0.0, 0.0, 0.05])
-            if np.linalg.norm(gripper[:2] - block[:2]) > 0.01:
-                return _move(gripper, above, OPEN)
-            if abs(gripper[2] - block[2]) > 0.01:
-                return _move(gripper, block, OPEN)
+            action = _over_then_down(gripper, block, OPEN, height=0.05)
+            if action is not None:
+                return action
             self._phase = "grasp"
         if self._phase == "grasp":
             self._grasp_steps += 1

@@ -23,6 +23,7 @@ from shapely.ops import unary_union
 
 PUSHER_RADIUS = 15.0
 ARENA = (22.0, 490.0)  # pusher centre limits (walls at 5 and 506, 2 px thick)
+WORKSPACE_CENTRE = 256.0
 COG_LOCAL = np.array([0.0, 45.0])
 # The T's outline in body coordinates: (start, end, outward normal) per edge.
 _EDGES = [
@@ -64,13 +65,15 @@ class PushTExpert:
     """Scripted PushT expert; call with a `PushTEnv` (or a wrapper of one) to get the next action."""
 
     angle_scale: float = 100.0  # L: px per radian in the pose error (the T is ~120 px across)
-    push_fraction: float = 1.0  # of J*, to undershoot rather than overshoot (pushing is one-way)
+    push_fraction: float = 1.0  # of J* pushed per step (1: the least-squares step; pushing is one-way)
     max_push: float = 25.0  # px of pusher travel per step
     standoff: float = 8.0  # px between pusher and edge before the final approach
     clearance: float = 28.0  # px of room kept around the T while travelling
     min_gain: float = 0.25  # px²: stop pushing a contact once its gain falls below this
     max_travel: float = 35.0  # px per step when moving between contacts
     travel_scale: float = 200.0  # px of travel that halve a contact's score
+    patience: int = 50  # steps without progress before recovering from a wall
+    wall_margin: float = 70.0  # px between the T and the walls that ends a recovery
     _points: np.ndarray = field(init=False, repr=False)
     _normals: np.ndarray = field(init=False, repr=False)
 
@@ -85,6 +88,8 @@ class PushTExpert:
         self._stalled = 0
         self._pushing = False
         self._last_agent = np.full(2, np.nan)
+        self._recovering = False
+        self._best_error, self._since_best = np.inf, 0
 
     # ---------------------------------------------------------------- model
     def _pose(self, env) -> tuple[np.ndarray, float, np.ndarray, float, float]:
@@ -93,6 +98,8 @@ class PushTExpert:
         goal = np.asarray(sim.goal_pose, float)
         cog = position + _rotation(angle) @ COG_LOCAL
         goal_cog = goal[:2] + _rotation(goal[2]) @ COG_LOCAL
+        if self._recovering:  # pinned near a wall: bring the T to the middle first, keep its angle
+            return position, angle, np.full(2, WORKSPACE_CENTRE) - cog, 0.0, float(sim.block.moment)
         return position, angle, goal_cog - cog, _wrap(goal[2] - angle), float(sim.block.moment)
 
     def _world(self, position: np.ndarray, angle: float) -> tuple[np.ndarray, np.ndarray]:
@@ -179,8 +186,27 @@ class PushTExpert:
         return float(np.hypot(np.linalg.norm(error_xy), self.angle_scale * error_angle))
 
     # ---------------------------------------------------------------- act
+    def _update_mode(self, env) -> None:
+        """Greedy pushing stalls when the pushes it needs are walled off: after `patience` steps
+        without progress, push the T towards the middle until it is clear of the walls."""
+        if self._recovering:
+            bounds = self._body(env).bounds
+            if min(bounds[:2]) > self.wall_margin and max(bounds[2:]) < 2 * WORKSPACE_CENTRE - self.wall_margin:
+                self._recovering, self._contact = False, None
+                self._best_error, self._since_best = np.inf, 0
+            return
+        error = self._error(env)
+        if error < self._best_error - 3.0:
+            self._best_error, self._since_best = error, 0
+            return
+        self._since_best += 1
+        if self._since_best > self.patience:
+            self._recovering, self._contact = True, None
+            self._banned.clear()
+
     def __call__(self, env) -> np.ndarray:
         agent = np.array(env.unwrapped.sim.agent.position)
+        self._update_mode(env)
         for _ in range(2):  # a spent contact is replaced at most once per step
             if self._contact is None:
                 self._choose(env, agent)

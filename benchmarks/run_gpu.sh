@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Runs the benchmark scripts on a CUDA machine and keeps each table in $OUT/<name>.txt.
+# On the offline reference GPU machine (torch/transformers preinstalled), packages it lacks
+# travel as wheels in .gpu_wheels/ (made with `pip download --no-deps`, see benchmarks/RESULTS.md).
+#   OUT=/tmp/gpu bash benchmarks/run_gpu.sh [group]      group: encoder | core (default) | policy | runtime
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-outputs/gpu_bench}; mkdir -p "$OUT"
+if [ -d .gpu_wheels ] && ! python -c "import lerobot" 2>/dev/null; then
+  python -m pip install --no-deps .gpu_wheels/*.whl 2>&1 | tail -3
+fi
+# our three distributions, editable (LeRobot discovers plugins by installed distribution name)
+(cd /tmp && python -c "import lerobot_policy_vla_dino") 2>/dev/null \
+  || python -m pip install -q --no-deps --no-build-isolation -e . -e ./policies -e ./envs 2>&1 | grep -v "as the 'root' user"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/device.txt"
+
+bench() {  # name, timeout seconds, command...
+  local name=$1 limit=$2; shift 2
+  echo "=== $name: $*" | tee "$OUT/$name.txt"
+  timeout "$limit" "$@" 2>&1 | grep -v -i "warn" | tee -a "$OUT/$name.txt" | tail -n 25
+}
+
+case "${1:-core}" in
+encoder)
+  bench encoder_vitl14_reg_bf16 120 python benchmarks/bench_encoder.py --device cuda --size vitl14_reg --batch 32 --dtype bfloat16
+  bench encoder_vitg14_bf16 120 python benchmarks/bench_encoder.py --device cuda --size vitg14 --batch 16 --dtype bfloat16
+  bench adapter_openvla_bf16 150 python benchmarks/bench_adapter.py --openvla --device cuda --batch 32 --dtype bfloat16
+  ;;
+core)
+  bench ssl_step_vits14 150 python benchmarks/bench_ssl_step.py --device cuda --size vits14 --batch 64 --bf16
+  bench pretrain_throughput 150 python benchmarks/bench_pretrain_throughput.py --device cuda --preset vits14_scratch --sizes vits14 vitb14 --batch-sizes 64
+  ;;
+policy)
+  bench policy_224 200 python benchmarks/bench_policy.py --device cuda --image-size 224 --batch 32 --dino vitl14_reg
+  ;;
+runtime)
+  bench runtime_moonshot_bf16 200 python benchmarks/bench_runtime_latency.py --device cuda --preset vla_dino-moonshot --dtype bf16
+  bench runtime_moonshot_bf16_compile 200 python benchmarks/bench_runtime_latency.py --device cuda --preset vla_dino-moonshot --dtype bf16 --compile
+  ;;
+esac
