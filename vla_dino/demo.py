@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -45,6 +46,7 @@ class DemoConfig:
     policy_batch_size: int = 16
     image_size: int = 56  # encoder input side (multiple of 14)
     eval_episodes: int = 20
+    eval_max_steps: int = 150  # the expert needs about 70 steps on button-press-topdown
     device: str = "cpu"
     restart: bool = False
     seed: int = 0
@@ -78,17 +80,26 @@ def run_stage(config: DemoConfig, stage: str, body: Callable[[Path], dict[str, A
     return result
 
 
-def run_command(command: list[str], log_file: Path) -> None:
-    """Runs a CLI step, showing its output live and keeping a copy in `log_file`."""
+def run_command(command: list[str], log_file: Path, device: str) -> None:
+    """Runs a CLI step, showing its output live and keeping the full output in `log_file`."""
     print("  $ " + " ".join(command))
-    env = dict(os.environ, WANDB_MODE="disabled", HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"))
+    env = dict(os.environ, WANDB_MODE="disabled")
+    if device == "cpu":  # tiny models: one BLAS thread per process beats 2 threads fighting data workers
+        env.setdefault("OMP_NUM_THREADS", "1")
     with open(log_file, "w") as log:
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         assert process.stdout is not None
+        # Without a system FFmpeg, LeRobot logs torchcodec's load failure (a long traceback) and
+        # falls back to PyAV: that block is kept in the log only.
+        in_codec_warning = False
         for line in process.stdout:
             log.write(line)
-            if not line.startswith(("WARNING", "  warnings.warn")) and "torchcodec" not in line:
+            if "Could not load libtorchcodec" in line:
+                in_codec_warning = True
+            if not in_codec_warning:
                 sys.stdout.write(line)
+            if "Falling back to 'pyav'" in line:
+                in_codec_warning = False
         if process.wait() != 0:
             raise RuntimeError(f"step failed (exit {process.returncode}): {' '.join(command)}\nlog: {log_file}")
 
@@ -120,7 +131,7 @@ def pretrain(config: DemoConfig, folder: Path, frames: list[str]) -> dict[str, A
                "--set", f"data.frame_size={config.frame_size}"]
     for path in frames:
         command += ["--frames", path]
-    run_command(command, folder / "pretrain.log")
+    run_command(command, folder / "pretrain.log", config.device)
     run = folder / "run"
     # the random-init baseline: the same architecture and init seed, never trained
     from vla_dino.encoder import DinoEncoder
@@ -161,7 +172,7 @@ def train_policy(config: DemoConfig, folder: Path, demos: str, encoder: str, nam
         f"--save_freq={config.policy_steps}", "--log_freq=50", "--num_workers=2",
         "--wandb.enable=false", f"--seed={config.seed}",
     ]
-    run_command(command, folder / f"{name}.log")
+    run_command(command, folder / f"{name}.log", config.device)
     return str(output / "checkpoints" / "last" / "pretrained_model")
 
 
@@ -171,7 +182,7 @@ def rollout(config: DemoConfig, folder: Path, policies: dict[str, str]) -> dict[
     results = {}
     for name, checkpoint in policies.items():
         result = evaluate(checkpoint, config.env_id, config.eval_episodes, seed=1000 + config.seed,
-                          out_dir=folder / name, num_videos=2, device=config.device,
+                          out_dir=folder / name, num_videos=2, device=config.device, max_steps=config.eval_max_steps,
                           env_kwargs={"image_size": config.frame_size})
         low, high = result.success_ci95
         print(f"  {name:<12} success {result.success_rate:.2f} (95% CI {low:.2f}–{high:.2f}) "
@@ -290,6 +301,7 @@ def parse_args(argv: list[str] | None = None) -> DemoConfig:
     parser.add_argument("--policy-batch-size", type=int, default=defaults.policy_batch_size)
     parser.add_argument("--image-size", type=int, default=defaults.image_size, help="encoder input side (multiple of 14)")
     parser.add_argument("--eval-episodes", type=int, default=defaults.eval_episodes)
+    parser.add_argument("--eval-max-steps", type=int, default=defaults.eval_max_steps, help="episode limit in rollouts")
     parser.add_argument("--device", default=defaults.device, help="cpu | cuda")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--restart", action="store_true", help="delete --out-dir and start over")
@@ -300,6 +312,12 @@ def parse_args(argv: list[str] | None = None) -> DemoConfig:
 def main(argv: list[str] | None = None) -> Path:
     os.environ.setdefault("MUJOCO_GL", "egl")
     config = parse_args(argv)
+    # LeRobot warns at length that torchcodec cannot load without a system FFmpeg; it then uses PyAV.
+    logging.getLogger("lerobot.utils.import_utils").addFilter(lambda record: "torchcodec" not in record.getMessage())
+    if config.device == "cpu":
+        import torch
+
+        torch.set_num_threads(1)  # see run_command
     start = time.perf_counter()
     path = run(config)
     print(f"\nreport: {path.resolve()}  ({(time.perf_counter() - start) / 60:.1f} min)")

@@ -102,7 +102,9 @@ class LeRobotPolicyRunner:
         """Loads a checkpoint folder (`config.json`, `model.safetensors`, processor files)."""
         from lerobot.configs.policies import PreTrainedConfig
         from lerobot.policies.factory import get_policy_class
+        from lerobot.utils.import_utils import register_third_party_plugins
 
+        register_third_party_plugins()  # policy types of installed lerobot_policy_* plugins (ours included)
         path = Path(path)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path} has no config.json; expected a LeRobot pretrained_model folder")

@@ -45,6 +45,8 @@ logger = logging.getLogger(__name__)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Graph replay vs eager: same kernels, but capture may select other cuBLAS algorithms.
 GRAPH_CHECK_TOLERANCE = {"fp32": 1e-4, "bf16": 2e-2, "fp16": 1e-2}
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+PROFILE_STAGES = ("upload", "preprocess", "policy", "postprocess", "download")
 
 
 @dataclass
@@ -53,11 +55,19 @@ class RuntimeConfig:
 
     device: str = "auto"  # "auto": cuda when available, else cpu
     dtype: str = "auto"  # fp32 | bf16 | fp16 | auto (bf16 on CUDA, fp32 elsewhere); autocast, weights stay fp32
+    cast_weights: bool = False  # store weights in the autocast dtype: no per-call fp32 -> bf16 weight casts
     compile: bool = False  # torch.compile(policy.predict_action_chunk)
-    compile_mode: str = "max-autotune-no-cudagraphs"  # "reduce-overhead" uses torch's own CUDA graphs instead of ours
+    # "default" compiles a large policy in about a minute; "max-autotune*" benchmarks kernels (many minutes);
+    # "reduce-overhead" uses torch's own CUDA graphs instead of ours.
+    compile_mode: str = "default"
     compile_backend: str = "inductor"
-    cuda_graphs: bool = True  # capture predict_action_chunk in a CUDA graph (CUDA only)
+    cuda_graphs: bool = True  # replay the forward from a CUDA graph (CUDA only)
+    capture_processors: bool = True  # try to put the pre/post processors in the graph too
     warmup_iters: int = 3
+
+    def __post_init__(self) -> None:
+        if self.compile_mode not in COMPILE_MODES:
+            raise ValueError(f"--runtime.compile_mode={self.compile_mode!r}: expected one of {list(COMPILE_MODES)}")
 
     def resolved_device(self) -> torch.device:
         if self.device == "auto":
@@ -125,6 +135,20 @@ def lerobot_predict_chunk(
     return actions[0].float().cpu().numpy()
 
 
+def _capture(fn: Callable[[], torch.Tensor]) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    """Capture ``fn()`` (which reads only static tensors) in a CUDA graph; returns it and its static output."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # warm-up on a side stream, as torch.cuda.graphs docs prescribe
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        output = fn()
+    return graph, output
+
+
 class _CapturedPolicy:
     """``predict_action_chunk`` captured in a CUDA graph with static input/output tensors."""
 
@@ -133,15 +157,7 @@ class _CapturedPolicy:
         # Non-tensor entries (task strings, ...) are baked into the graph: replay only when they match.
         self.constants = {k: v for k, v in batch.items() if not isinstance(v, torch.Tensor)}
         static_batch = {**self.constants, **self.static_inputs}
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):  # warm-up on a side stream, as torch.cuda.graphs docs prescribe
-            for _ in range(2):
-                predict(static_batch)
-        torch.cuda.current_stream().wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.static_output = predict(static_batch)
+        self.graph, self.static_output = _capture(lambda: predict(static_batch))
 
     def matches(self, batch: Mapping[str, Any]) -> bool:
         if batch.keys() != {**self.constants, **self.static_inputs}.keys():
@@ -185,12 +201,17 @@ class PolicyRuntime:
         self.preprocessor = preprocessor
         self.postprocessor = postprocessor
         self._lock = threading.Lock()
-        self._graph: _CapturedPolicy | None = None
+        self._graph: _CapturedPolicy | None = None  # policy forward only
+        self._pipeline_graph: tuple[torch.cuda.CUDAGraph, torch.Tensor] | None = None  # processors + policy
         self._graph_misses = 0
-        self._capturing = False
         self._copied: torch.cuda.Event | None = None  # last host->device copy, before the host buffers are reused
         self.notes: list[str] = []  # what was enabled / skipped, for logs and benchmark tables
 
+        if self.config.cast_weights and self.dtype != "fp32":
+            # Autocast would cast every fp32 weight to the compute dtype on every call (for a 776M-parameter
+            # policy ~4.7 GB of memory traffic); matmuls see the same rounded weights either way.
+            self.policy.to(DTYPES[self.dtype])
+            self._note(f"weights stored in {self.dtype}")
         self._predict: Callable[[dict], torch.Tensor] = policy.predict_action_chunk
         if self.config.compile:
             self._predict = torch.compile(
@@ -204,6 +225,7 @@ class PolicyRuntime:
             self._note("pinned host buffers skipped: device is not CUDA")
         inputs = PolicySpec.from_config(policy.config, chunk_size=0).inputs
         self._host = {s.name: torch.empty(s.shape, dtype=_torch_dtype(s), pin_memory=pin) for s in inputs}
+        # Static device inputs: every call copies into these, so a CUDA graph can read them.
         self._dev = {
             s.name: (torch.empty(s.shape, dtype=_torch_dtype(s), device=self.device) if pin else self._host[s.name])
             for s in inputs
@@ -228,6 +250,48 @@ class PolicyRuntime:
         """Start of an episode: reset the policy's own state (queues, ensemblers)."""
         self.policy.reset()
 
+    @torch.inference_mode()
+    def profile(self, observation: Mapping[str, np.ndarray], iters: int = 10) -> dict[str, float]:
+        """Mean wall time (ms) of each eager stage (``PROFILE_STAGES``, the device synchronised after each),
+        their sum ``eager``, the CUDA graph replay alone (``graph``, when one is in use) and ``end_to_end``
+        as ``predict_chunk`` runs it."""
+        self.spec.validate(observation)
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+        stages: dict[str, Callable[[Any], Any]] = {
+            "upload": lambda _: self._upload(observation),
+            "preprocess": lambda _: self.preprocessor(self._prepare(None)),
+            "policy": self._policy_call,
+            "postprocess": lambda actions: self.postprocessor(actions)[0].float(),
+            "download": self._download,
+        }
+        totals = dict.fromkeys([*PROFILE_STAGES, "graph", "end_to_end"], 0.0)
+        with self._lock:
+            for _ in range(iters):
+                value: Any = None
+                for name in PROFILE_STAGES:
+                    start = time.perf_counter()
+                    value = stages[name](value)
+                    sync()
+                    totals[name] += time.perf_counter() - start
+                if self._graph is not None or self._pipeline_graph is not None:
+                    batch = None if self._pipeline_graph is not None else self.preprocessor(self._prepare(None))
+                    sync()
+                    start = time.perf_counter()
+                    if self._pipeline_graph is not None:
+                        _replay(self._pipeline_graph)
+                    else:
+                        self._graph(batch)
+                    sync()
+                    totals["graph"] += time.perf_counter() - start
+                start = time.perf_counter()
+                self._run(observation, None)
+                totals["end_to_end"] += time.perf_counter() - start
+        result = {name: total * 1e3 / iters for name, total in totals.items()}
+        result["eager"] = sum(result[name] for name in PROFILE_STAGES)
+        if self._graph is None and self._pipeline_graph is None:
+            del result["graph"]
+        return result
+
     # ------------------------------------------------------------------ internals
 
     def _note(self, message: str) -> None:
@@ -237,15 +301,17 @@ class PolicyRuntime:
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.dtype == "fp32":
             return contextlib.nullcontext()
-        # The weight-cast cache must be off while a CUDA graph is captured (torch.cuda graph docs).
-        return torch.autocast(device_type=self.device.type, dtype=DTYPES[self.dtype], cache_enabled=not self._capturing)
+        # The weight-cast cache must be off while a CUDA graph is captured (torch.cuda graph docs); it only
+        # lives for one autocast region, where each weight is cast once anyway, so it is off throughout
+        # (one autocast state: torch.compile guards do not see a change between warm-up and capture).
+        return torch.autocast(device_type=self.device.type, dtype=DTYPES[self.dtype], cache_enabled=False)
 
     def _policy_call(self, batch: dict) -> torch.Tensor:
         with self._autocast():
             return self._predict(batch)
 
-    @torch.inference_mode()
-    def _preprocess(self, observation: Mapping[str, np.ndarray], task: str | None) -> dict:
+    def _upload(self, observation: Mapping[str, np.ndarray]) -> None:
+        """Raw observation → the static device buffers (via pinned host buffers on CUDA, non-blocking)."""
         if self._copied is not None:
             self._copied.synchronize()  # a pending non-blocking copy may still read the pinned buffers
         for name, host in self._host.items():
@@ -255,32 +321,44 @@ class PolicyRuntime:
         if self.device.type == "cuda":
             self._copied = torch.cuda.Event()
             self._copied.record()
+
+    def _prepare(self, task: str | None) -> dict:
+        """Static device buffers → LeRobot batch, the arithmetic of ``prepare_observation_for_inference``:
+        images float32 / 255, HWC → CHW; everything batch 1."""
         batch: dict[str, Any] = {}
         for spec in self.spec.inputs:
             x = self._dev[spec.name]
-            # Same arithmetic as prepare_observation_for_inference: float32 / 255, HWC -> CHW, batch 1.
             batch[spec.name] = (x.to(torch.float32) / 255).permute(2, 0, 1).unsqueeze(0) if spec.is_image else x.unsqueeze(0)
         batch["task"] = task or ""
         batch["robot_type"] = ""
-        return self.preprocessor(batch)
+        return batch
 
-    @torch.inference_mode()
-    def _run(self, observation: Mapping[str, np.ndarray], task: str | None) -> np.ndarray:
-        batch = self._preprocess(observation, task)
-        if self._graph is not None and self._graph.matches(batch):
-            actions = self._graph(batch)
-        else:
-            if self._graph is not None:
-                self._graph_misses += 1
-                if self._graph_misses == 1:
-                    logger.warning("runtime: batch differs from the captured CUDA graph's (shape/task); running eagerly")
-            actions = self._policy_call(batch)
-        actions = self.postprocessor(actions)[0].float()
+    def _device_pipeline(self, task: str | None) -> torch.Tensor:
+        """Static device buffers → preprocessor → policy → postprocessor: the chunk (T, action_dim) float32."""
+        return self.postprocessor(self._policy_call(self.preprocessor(self._prepare(task))))[0].float()
+
+    def _download(self, actions: torch.Tensor) -> np.ndarray:
         if self.device.type == "cuda":  # one non-blocking copy into pinned memory, then wait for the stream
             self._out.copy_(actions, non_blocking=True)
             torch.cuda.current_stream(self.device).synchronize()
             return self._out.numpy().copy()
         return actions.cpu().numpy().copy()
+
+    @torch.inference_mode()
+    def _run(self, observation: Mapping[str, np.ndarray], task: str | None) -> np.ndarray:
+        self._upload(observation)
+        if self._pipeline_graph is not None and not task:  # the graph was captured with task ""
+            return self._download(_replay(self._pipeline_graph))
+        batch = self.preprocessor(self._prepare(task))
+        if self._graph is not None and self._graph.matches(batch):
+            actions = self._graph(batch)
+        else:
+            if self._graph is not None or self._pipeline_graph is not None:
+                self._graph_misses += 1
+                if self._graph_misses == 1:
+                    logger.warning("runtime: batch differs from the captured CUDA graph's (shape/task); running eagerly")
+            actions = self._policy_call(batch)
+        return self._download(self.postprocessor(actions)[0].float())
 
     def _synthetic_observation(self, inputs: tuple[ArraySpec, ...], seed: int = 0) -> dict[str, np.ndarray]:
         rng = np.random.default_rng(seed)
@@ -296,8 +374,8 @@ class PolicyRuntime:
         observation = self._synthetic_observation(inputs)
         start = time.perf_counter()
         with torch.inference_mode():
-            batch = self._preprocess(observation, None)
-            chunk = self._policy_call(batch)
+            self._upload(observation)
+            chunk = self._policy_call(self.preprocessor(self._prepare(None)))
         if chunk.ndim != 3 or chunk.shape[0] != 1:
             raise ValueError(f"{type(self.policy).__name__}.predict_action_chunk returned shape {tuple(chunk.shape)}, expected (1, T, action_dim)")
         self.spec = PolicySpec.from_config(config, chunk_size=chunk.shape[1])
@@ -315,30 +393,55 @@ class PolicyRuntime:
         if self.config.compile and self.config.compile_mode == "reduce-overhead":
             self._note("CUDA graphs left to torch.compile (mode=reduce-overhead)")
             return
-        # Check the replay on another observation than the captured one, so stale inputs would show.
+        # Check each replay on another observation than the captured one, so stale inputs would show.
         check_observation = self._synthetic_observation(self.spec.inputs, seed=1)
-        with torch.inference_mode():
-            try:
-                self._capturing = True
-                try:
-                    graph = _CapturedPolicy(self._policy_call, self._preprocess(capture_observation, None))
-                finally:
-                    self._capturing = False
-                batch = self._preprocess(check_observation, None)
-                replayed = graph(batch).float().clone()
-                eager = self._policy_call(batch).float()
-            except Exception as error:  # capture is impossible for some policies (host syncs, dynamic shapes)
-                logger.warning("runtime: CUDA graph capture failed, running without it: %s", error)
-                self._note(f"CUDA graphs off: capture failed ({type(error).__name__})")
+        if self.config.capture_processors:
+            pipeline = self._checked_capture(
+                "pre/post processors + policy",
+                lambda: _capture(lambda: self._device_pipeline(None)),
+                _replay,
+                capture_observation, check_observation,
+            )
+            if pipeline is not None:
+                self._pipeline_graph = pipeline
                 return
+        self._graph = self._checked_capture(
+            "policy",
+            lambda: _CapturedPolicy(self._policy_call, self.preprocessor(self._prepare(None))),
+            lambda captured: captured(self.preprocessor(self._prepare(None))),
+            capture_observation, check_observation,
+        )
+
+    @torch.inference_mode()
+    def _checked_capture(self, what: str, capture: Callable[[], Any], replay: Callable[[Any], torch.Tensor],
+                         capture_observation: dict[str, np.ndarray], check_observation: dict[str, np.ndarray]) -> Any:
+        """Capture, then compare one replay with the eager pipeline on ``check_observation``; None if unusable."""
+        try:
+            self._upload(capture_observation)
+            captured = capture()
+            self._upload(check_observation)
+            replayed = replay(captured).reshape(self._out.shape).float().clone()
+            eager = self._device_pipeline(None) if what.startswith("pre/post") else self._policy_call(self.preprocessor(self._prepare(None)))
+            eager = eager.reshape(self._out.shape).float()
+        except Exception as error:  # capture is impossible for some code (host syncs, dynamic shapes)
+            message = str(error).strip().splitlines()[0][:160] if str(error).strip() else ""
+            logger.warning("runtime: CUDA graph capture of the %s failed: %s: %s", what, type(error).__name__, error)
+            self._note(f"CUDA graph of the {what} not captured ({type(error).__name__}: {message})")
+            return None
         scale = 1.0 + eager.abs().max().item()
         error = (replayed - eager).abs().max().item()
         if error > GRAPH_CHECK_TOLERANCE[self.dtype] * scale:
-            logger.warning("runtime: CUDA graph output differs from eager by %.3g (stochastic policy?); not using it", error)
-            self._note(f"CUDA graphs off: replay differs from eager by {error:.3g}")
-            return
-        self._graph = graph
-        self._note(f"CUDA graph captured (replay vs eager max diff {error:.2g})")
+            logger.warning("runtime: CUDA graph of the %s differs from eager by %.3g (stochastic?); not used", what, error)
+            self._note(f"CUDA graph of the {what} not used: replay differs from eager by {error:.3g}")
+            return None
+        self._note(f"CUDA graph of the {what} captured (replay vs eager max diff {error:.2g})")
+        return captured
+
+
+def _replay(captured: tuple[torch.cuda.CUDAGraph, torch.Tensor]) -> torch.Tensor:
+    graph, output = captured
+    graph.replay()
+    return output
 
 
 def _same_constant(a: object, b: object) -> bool:
