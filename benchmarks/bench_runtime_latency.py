@@ -28,7 +28,7 @@ import torch
 
 from vla_dino.runtime.checkpoint import TINY_ACT, write_random_checkpoint
 from vla_dino.runtime.chunking import ControlConfig, ControlLoop
-from vla_dino.runtime.runtime import PolicyRuntime, RuntimeConfig, lerobot_predict_chunk, load_policy
+from vla_dino.runtime.runtime import COMPILE_MODES, PolicyRuntime, RuntimeConfig, lerobot_predict_chunk, load_policy
 
 
 def vla_dino_preset(dino: str, siglip: str | None, image_size: int, **head: object) -> dict:
@@ -88,6 +88,10 @@ def main() -> None:
     parser.add_argument("--preset", default="vla_dino-tiny", choices=sorted(PRESETS))
     parser.add_argument("--dtype", default="auto", help="fp32 | bf16 | fp16 | auto (bf16 on CUDA, fp32 on CPU)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the policy in the runtime")
+    parser.add_argument("--compile-mode", default=RuntimeConfig.compile_mode, choices=COMPILE_MODES)
+    parser.add_argument("--cast-weights", action="store_true", help="runtime stores weights in --dtype (no per-call casts)")
+    parser.add_argument("--no-capture-processors", action="store_true", help="CUDA graph of the policy forward only")
+    parser.add_argument("--profile", action="store_true", help="also print the runtime's per-stage breakdown")
     parser.add_argument("--no-cuda-graphs", action="store_true")
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
@@ -109,7 +113,10 @@ def main() -> None:
 
         policy, pre, post = load_policy(path, device)
         runtime = PolicyRuntime.from_pretrained(
-            path, RuntimeConfig(device=args.device, dtype=args.dtype, compile=args.compile, cuda_graphs=not args.no_cuda_graphs, warmup_iters=args.warmup)
+            path,
+            RuntimeConfig(device=args.device, dtype=args.dtype, cast_weights=args.cast_weights, compile=args.compile,
+                          compile_mode=args.compile_mode, cuda_graphs=not args.no_cuda_graphs,
+                          capture_processors=not args.no_capture_processors, warmup_iters=args.warmup),
         )
         observation = runtime._synthetic_observation(runtime.spec.inputs, seed=0)
         params = sum(p.numel() for p in policy.parameters()) / 1e6
@@ -126,6 +133,7 @@ def main() -> None:
                          "mean_ms": float(times.mean()), "sustained_hz": sustained_hz(predict, observation, max(args.iters // 2, 5))})
 
         reference = eager()
+        stages = runtime.profile(observation, iters=args.iters) if args.profile else None
         diff = float(np.abs(runtime.predict_chunk(observation) - reference).max())
         stats = ControlLoop(runtime.predict_chunk, lambda: observation, lambda a: None,
                             ControlConfig(fps=args.fps, scheduler="ensemble")).run(args.loop_steps)
@@ -136,6 +144,9 @@ def main() -> None:
           f"chunk {runtime.spec.chunk_size}x{runtime.spec.action_dim}")
     print(f"runtime: {'; '.join(runtime.notes)}")
     print(f"runtime vs eager max |Δaction| = {diff:.3g} (max |action| {np.abs(reference).max():.3g})\n")
+    if stages:
+        print("runtime stages (ms, mean; eager stages with a device sync after each):")
+        print("  " + "  ".join(f"{name} {value:.2f}" for name, value in stages.items()) + "\n")
     header = f"{'pipeline (batch 1, end to end)':<34}{'p50 ms':>9}{'p99 ms':>9}{'mean ms':>9}{'sync Hz':>9}"
     print(header + "\n" + "-" * len(header))
     for row in rows:
@@ -146,7 +157,7 @@ def main() -> None:
           f"{stats.chunks} chunks over {stats.steps} ticks, {stats.starved_steps} starved, {stats.late_ticks} late")
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": machine_name(device), "policy": name, "rows": rows, "speedup_p50": speedup,
-                                               "notes": runtime.notes, "max_abs_diff": diff,
+                                               "notes": runtime.notes, "max_abs_diff": diff, "stages_ms": stages,
                                                "control_loop": {"target_hz": args.fps, "achieved_hz": stats.achieved_hz,
                                                                 "starved": stats.starved_steps, "late": stats.late_ticks}}, indent=2))
 

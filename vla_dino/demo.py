@@ -247,9 +247,9 @@ def report(config: DemoConfig, folder: Path, stages: dict[str, dict[str, Any]]) 
         f"Task `{config.task}` (Meta-World v3), {config.num_demos} scripted demos at {config.frame_size}² px"
         + (f", plus {config.pusht_episodes} PushT episodes for pretraining" if config.pusht_episodes else "") + ".",
         f"Encoder: `{config.pretrain_preset}` preset, {config.pretrain_steps} pretraining steps on {config.device}.", "",
-        "## Pretraining", "", "![loss curves](loss_curves.png)", "",
-        "![PCA of patch features and CLS attention, random init vs pretrained](features_before_after.png)", "",
-        "## Probes and policies", "", "![probe R² and success](probe_and_success.png)", "",
+        "## Pretraining", "", f"![loss curves]({folder.name}/loss_curves.png)", "",
+        f"![PCA of patch features and CLS attention, random init vs pretrained]({folder.name}/features_before_after.png)", "",
+        "## Probes and policies", "", f"![probe R² and success]({folder.name}/probe_and_success.png)", "",
         "| encoder | " + " | ".join(f"R² {v}" for v in variables) + " | k-NN ratio | success | 95% CI |",
         "|---" * (len(variables) + 4) + "|",
     ]
@@ -279,7 +279,8 @@ def run(config: DemoConfig) -> Path:
     stages["policy"] = run_stage(
         config, "policy", lambda f: {name: train_policy(config, f, demos, path, name) for name, path in encoders.items()}
     )
-    stages["rollout"] = run_stage(config, "rollout", lambda f: rollout(config, f, stages["policy"]))
+    policies = {name: stages["policy"][name] for name in ENCODERS}
+    stages["rollout"] = run_stage(config, "rollout", lambda f: rollout(config, f, policies))
     # the report is cheap: always rebuilt from the stages' results
     shutil.rmtree(stage_dir(config, "report"), ignore_errors=True)
     stages["report"] = run_stage(config, "report", lambda f: report(config, f, stages))

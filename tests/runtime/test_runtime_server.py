@@ -86,7 +86,7 @@ def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(served, clie
     # Not HTTP at all, then a client that connects and says nothing: neither harms the server.
     with socket.create_connection(served.address, timeout=5) as sock:
         sock.sendall(b"\x00\xff garbage\r\n\r\n")
-        reply = sock.recv(1024)
+        reply = b"".join(iter(lambda: sock.recv(1024), b""))  # headers and body may come in separate packets
         assert reply.startswith(b"HTTP/1.1 400") and b"bad_http" in reply
     silent = socket.create_connection(served.address, timeout=5)
     np.testing.assert_array_equal(client.predict_chunk(good), act_runtime.predict_chunk(good))
