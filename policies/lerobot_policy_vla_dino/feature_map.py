@@ -59,17 +59,7 @@ class TowerFeatureMap(nn.Module):
 
     def __init__(self, config: TowerBackboneConfig) -> None:
         super().__init__()
-        self.towers = FusedBackbone.from_sources(
-            config.dino,
-            config.siglip,
-            image_size=config.image_size,
-            resize_mode=config.resize_mode,
-            layer=config.layer,
-            final_norm=config.final_norm,
-            train_mode=config.train_mode,
-            trainable_blocks=config.trainable_blocks,
-            dtype=config.dtype,
-        )
+        self.towers = FusedBackbone.from_config(config)
 
     @property
     def out_channels(self) -> int:

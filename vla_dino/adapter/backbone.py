@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from typing import Any
 
 import torch
 from torch import nn
@@ -60,6 +61,23 @@ class FusedBackbone(nn.Module):
     def from_sources(cls, dino: str, siglip: str | None = None, **kwargs) -> "FusedBackbone":
         """Towers from their sources (see `VisionTokenizerConfig.dino` / `.siglip`)."""
         return cls(DinoTower.load(dino), SiglipTower.load(siglip) if siglip is not None else None, **kwargs)
+
+    @classmethod
+    def from_config(cls, config: Any) -> "FusedBackbone":
+        """From any config carrying the tower fields (`VisionTokenizerConfig`, the policies'
+        `TowerBackboneConfig`): dino, siglip, image_size, resize_mode, layer, final_norm,
+        train_mode, trainable_blocks, dtype."""
+        return cls.from_sources(
+            config.dino,
+            config.siglip,
+            image_size=config.image_size,
+            resize_mode=config.resize_mode,
+            layer=config.layer,
+            final_norm=config.final_norm,
+            train_mode=config.train_mode,
+            trainable_blocks=config.trainable_blocks,
+            dtype=config.dtype,
+        )
 
     @property
     def dino(self) -> DinoTower:

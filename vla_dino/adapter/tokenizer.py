@@ -39,17 +39,7 @@ class VisionTokenizer(nn.Module):
     def __init__(self, config: VisionTokenizerConfig) -> None:
         super().__init__()
         self.config = config
-        self.backbone = FusedBackbone.from_sources(
-            config.dino,
-            config.siglip,
-            image_size=config.image_size,
-            resize_mode=config.resize_mode,
-            layer=config.layer,
-            final_norm=config.final_norm,
-            train_mode=config.train_mode,
-            trainable_blocks=config.trainable_blocks,
-            dtype=config.dtype,
-        )
+        self.backbone = FusedBackbone.from_config(config)
         self.out_dim: int = projector_out_dim(config.projector, self.backbone.hidden_size, config.out_dim)
         self.projector = build_projector(config.projector, self.backbone.hidden_size, self.out_dim)
         self.reduction = build_token_reduction(
