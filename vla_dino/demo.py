@@ -18,6 +18,7 @@ Stages (each writes its folder under --out-dir and is skipped on a second run wh
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import logging
 import os
@@ -196,13 +197,14 @@ def report(config: DemoConfig, folder: Path, stages: dict[str, dict[str, Any]]) 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import pandas as pd
 
     from vla_dino.visualize import load_encoder, load_frames, render_grid
 
     pre = stages["pretrain"]
     # loss curves
-    metrics = pd.read_csv(pre["metrics"])
+    with open(pre["metrics"]) as file:
+        rows = list(csv.DictReader(file))
+    metrics = {key: [float(row[key]) for row in rows if row.get(key)] for key in rows[0]} if rows else {}
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     loss_columns = [c for c in ("loss", "dino_local", "dino_global", "ibot", "koleo") if c in metrics]
     for column in loss_columns:
