@@ -109,3 +109,26 @@ def test_bad_observations_are_rejected_with_the_key_named(act_runtime):
         with pytest.raises(ObservationError, match=message):
             act_runtime.predict_chunk(observation)
     assert act_runtime.predict_chunk(good).shape == (8, 3)
+
+
+def test_compile_mode_is_checked_and_defaults_to_a_fast_one():
+    assert RuntimeConfig().compile_mode == "default"  # max-autotune benchmarks kernels for minutes: opt-in
+    with pytest.raises(ValueError, match="--runtime.compile_mode='fastest'"):
+        RuntimeConfig(compile_mode="fastest")
+
+
+def test_profile_reports_each_stage_and_their_sum(act_runtime):
+    stages = act_runtime.profile(observations(act_runtime, 1)[0], iters=2)
+    assert set(stages) == {"upload", "preprocess", "policy", "postprocess", "download", "end_to_end", "eager"}  # no graph on CPU
+    assert all(value > 0 for value in stages.values())
+    assert stages["eager"] == pytest.approx(sum(stages[k] for k in ("upload", "preprocess", "policy", "postprocess", "download")))
+
+
+def test_cast_weights_stores_the_compute_dtype_and_stays_close(act_checkpoint, act_runtime):
+    config = RuntimeConfig(device="cpu", dtype="bf16", cast_weights=True, warmup_iters=1)
+    runtime = PolicyRuntime.from_pretrained(act_checkpoint, config)
+    assert "weights stored in bf16" in runtime.notes
+    assert {p.dtype for p in runtime.policy.parameters()} == {torch.bfloat16}
+    for obs in observations(act_runtime, 2):
+        reference = act_runtime.predict_chunk(obs)
+        assert np.abs(runtime.predict_chunk(obs) - reference).max() < 0.05 * (1 + np.abs(reference).max())
