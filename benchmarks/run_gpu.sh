@@ -2,7 +2,7 @@
 # Runs the benchmark scripts on a CUDA machine and keeps each table in $OUT/<name>.txt.
 # On the offline reference GPU machine (torch/transformers preinstalled), packages it lacks
 # travel as wheels in .gpu_wheels/ (made with `pip download --no-deps`, see benchmarks/RESULTS.md).
-#   OUT=/tmp/gpu bash benchmarks/run_gpu.sh [group]      group: encoder | core (default) | policy | runtime
+#   OUT=/tmp/gpu bash benchmarks/run_gpu.sh [group]      group: encoder | core (default) | policy | runtime | runtime-eager
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-outputs/gpu_bench}; mkdir -p "$OUT"
@@ -34,7 +34,10 @@ policy)
   bench policy_224 200 python benchmarks/bench_policy.py --device cuda --image-size 224 --batch 32 --dino vitl14_reg
   ;;
 runtime)
-  bench runtime_moonshot_bf16 200 python benchmarks/bench_runtime_latency.py --device cuda --preset vla_dino-moonshot --dtype bf16
-  bench runtime_moonshot_bf16_compile 200 python benchmarks/bench_runtime_latency.py --device cuda --preset vla_dino-moonshot --dtype bf16 --compile
+  bench runtime_moonshot_bf16 240 python benchmarks/bench_runtime_latency.py --device cuda --preset vla_dino-moonshot --dtype bf16 --cast-weights
+  bench runtime_moonshot_bf16_compile 300 python benchmarks/bench_runtime_latency.py --device cuda --preset vla_dino-moonshot --dtype bf16 --compile --cast-weights
+  ;;
+runtime-eager)  # the runtime without torch.compile (CUDA graphs of the eager pipeline)
+  bench runtime_moonshot_bf16 240 python benchmarks/bench_runtime_latency.py --device cuda --preset vla_dino-moonshot --dtype bf16 --cast-weights
   ;;
 esac

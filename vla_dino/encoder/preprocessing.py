@@ -85,6 +85,9 @@ class ImagePreprocessor:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     device: str | torch.device | None = field(default=None, compare=False)
+    # mean/std tensors per (device, dtype), made once: a per-call host→device copy would sync
+    # and break CUDA-graph capture of the runtime
+    _stats_cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.resize_mode not in ("resize", "letterbox", "center_crop", "none"):
@@ -107,9 +110,17 @@ class ImagePreprocessor:
             if len(shapes) > 1:
                 raise ValueError(f"images have different sizes {sorted(shapes)} with resize_mode='none'; pick a size")
             pixels = torch.cat(resized)
-        mean = torch.tensor(self.mean, device=pixels.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=pixels.device).view(1, 3, 1, 1)
+        mean, std = self._stats(pixels.device, pixels.dtype)
         return (pixels - mean) / std
+
+    def _stats(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std as (1, 3, 1, 1) tensors on `device`."""
+        key = (str(device), dtype, self.mean, self.std)
+        if key not in self._stats_cache:
+            self._stats_cache[key] = tuple(
+                torch.tensor(values, device=device, dtype=dtype).view(1, 3, 1, 1) for values in (self.mean, self.std)
+            )
+        return self._stats_cache[key]
 
     def _resize(self, pixels: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) float in [0, 1] → resized per the policy, still in [0, 1]."""
@@ -134,7 +145,7 @@ class ImagePreprocessor:
         scale = min(target_h / height, target_w / width)
         new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
         pixels = _interpolate(pixels, (new_h, new_w))
-        canvas = torch.tensor(self.mean, device=pixels.device, dtype=pixels.dtype).view(1, 3, 1, 1)
+        canvas = self._stats(pixels.device, pixels.dtype)[0]
         canvas = canvas.expand(pixels.shape[0], 3, target_h, target_w).clone()
         top, left = (target_h - new_h) // 2, (target_w - new_w) // 2
         canvas[..., top : top + new_h, left : left + new_w] = pixels
