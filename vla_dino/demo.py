@@ -1,6 +1,6 @@
 """The main job end to end, on embedded defaults: simulator frames → pretrained encoder → policy.
 
-    python -m vla_dino.demo                    # CPU, about 15 minutes, writes outputs/demo/report.md
+    python -m vla_dino.demo                    # CPU, about 10 minutes on 2 cores, writes outputs/demo/report.md
     python -m vla_dino.demo --restart          # start over instead of reusing earlier stages
     python -m vla_dino.demo --help
 
@@ -41,8 +41,8 @@ class DemoConfig:
     num_demos: int = 20
     pusht_episodes: int = 4  # extra PushT frames for pretraining only (0: none)
     frame_size: int = 84  # stored camera frames (square)
-    pretrain_preset: str = "cpu_smoke"
-    pretrain_steps: int = 300
+    pretrain_preset: str = "demo_sim"  # configs/pretrain/demo_sim.yaml: hidden 64, patch 7, 1500 steps
+    pretrain_steps: int | None = None  # None: the preset's
     policy_steps: int = 400
     policy_batch_size: int = 16
     image_size: int = 56  # encoder input side (multiple of 14)
@@ -127,9 +127,11 @@ def collect(config: DemoConfig, folder: Path) -> dict[str, Any]:
 
 def pretrain(config: DemoConfig, folder: Path, frames: list[str]) -> dict[str, Any]:
     command = [sys.executable, "-m", "vla_dino.pretrain", "--preset", config.pretrain_preset,
-               "--output-dir", str(folder / "run"), "--steps", str(config.pretrain_steps),
+               "--output-dir", str(folder / "run"),
                "--device", config.device, "--seed", str(config.seed),
                "--set", f"data.frame_size={config.frame_size}"]
+    if config.pretrain_steps is not None:
+        command += ["--steps", str(config.pretrain_steps)]
     for path in frames:
         command += ["--frames", path]
     run_command(command, folder / "pretrain.log", config.device)
@@ -233,7 +235,7 @@ def report(config: DemoConfig, folder: Path, stages: dict[str, dict[str, Any]]) 
                     width, label=name)
     axes[0].set_xticks([x + width / 2 for x in range(len(variables))], variables, rotation=20, fontsize=8)
     axes[0].set(title="linear probe of simulator state (held-out R²)", ylim=(min(0, axes[0].get_ylim()[0]), 1))
-    axes[0].legend(fontsize=8)
+    axes[0].legend(fontsize=8, loc="lower right")
     rollouts = stages["rollout"]
     rates = [rollouts[n]["success_rate"] for n in ENCODERS]
     errors = [[r - rollouts[n]["success_ci95"][0] for n, r in zip(ENCODERS, rates)],
@@ -248,7 +250,8 @@ def report(config: DemoConfig, folder: Path, stages: dict[str, dict[str, Any]]) 
         "# vla_dino demo report", "",
         f"Task `{config.task}` (Meta-World v3), {config.num_demos} scripted demos at {config.frame_size}² px"
         + (f", plus {config.pusht_episodes} PushT episodes for pretraining" if config.pusht_episodes else "") + ".",
-        f"Encoder: `{config.pretrain_preset}` preset, {config.pretrain_steps} pretraining steps on {config.device}.", "",
+        f"Encoder: `{config.pretrain_preset}` preset (configs/pretrain/{config.pretrain_preset}.yaml), "
+        f"{config.pretrain_steps or 'the preset’s'} pretraining steps on {config.device}.", "",
         "## Pretraining", "", f"![loss curves]({folder.name}/loss_curves.png)", "",
         f"![PCA of patch features and CLS attention, random init vs pretrained]({folder.name}/features_before_after.png)", "",
         "## Probes and policies", "", f"![probe R² and success]({folder.name}/probe_and_success.png)", "",
@@ -299,7 +302,7 @@ def parse_args(argv: list[str] | None = None) -> DemoConfig:
     parser.add_argument("--pusht-episodes", type=int, default=defaults.pusht_episodes, help="PushT episodes added to the pretraining frames")
     parser.add_argument("--frame-size", type=int, default=defaults.frame_size, help="stored frame side in px")
     parser.add_argument("--pretrain-preset", default=defaults.pretrain_preset, help="configs/pretrain/<name>.yaml")
-    parser.add_argument("--pretrain-steps", type=int, default=defaults.pretrain_steps)
+    parser.add_argument("--pretrain-steps", type=int, default=defaults.pretrain_steps, help="default: the preset's")
     parser.add_argument("--policy-steps", type=int, default=defaults.policy_steps)
     parser.add_argument("--policy-batch-size", type=int, default=defaults.policy_batch_size)
     parser.add_argument("--image-size", type=int, default=defaults.image_size, help="encoder input side (multiple of 14)")

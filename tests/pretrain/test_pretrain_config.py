@@ -10,7 +10,7 @@ import pytest
 from vla_dino.pretrain.__main__ import parse_args
 from vla_dino.pretrain.config import PRESET_DIR, load_config, preset_path
 
-PRESETS = ["cpu_smoke", "vits14_scratch", "vitb14_scratch", "vitl14_scratch", "continue_dinov2_base"]
+PRESETS = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))  # every preset must load and be listed in --help
 
 
 def test_help_documents_flags_and_overrides():

@@ -30,7 +30,7 @@ SHORTCUTS = {
 }
 
 EPILOG = f"""\
-Config: the recipe lives in YAML presets (configs/pretrain/*.yaml): cpu_smoke, vits14_scratch,
+Config: the recipe lives in YAML presets (configs/pretrain/*.yaml): cpu_smoke, demo_sim, vits14_scratch,
 vitb14_scratch, vitl14_scratch, continue_dinov2_base. Default preset: {DEFAULT_PRESET}.
 Any config field can be overridden with its dotted path, either form:
   --ssl.optim.base_lr 1e-4   --train.precision=bf16   --set log.every_steps=5
