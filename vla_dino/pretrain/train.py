@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import signal
 import threading
 import time
@@ -67,15 +68,22 @@ def train(config: PretrainConfig, resume: str | None = None) -> RunResult:
     `output_dir`, fresh if there is none) or a checkpoint path."""
     config.validate()
     info = D.init_distributed(config.train.device, config.distributed.backend)
+    threads = torch.get_num_threads()  # _train may lower it on CPU; callers get theirs back
     try:
         return _train(config, resume, info)
     finally:
+        torch.set_num_threads(threads)
         D.cleanup()
 
 
 def _train(config: PretrainConfig, resume: str | None, info: D.DistInfo) -> RunResult:
     out = Path(config.output_dir)
     device = info.device
+    if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        # the cores are shared with DataLoader workers and other ranks; oversubscribed BLAS
+        # threads make small models several times slower
+        cores = (os.cpu_count() or 1) // max(1, info.world_size)
+        torch.set_num_threads(max(1, cores - config.data.num_workers))
     checkpoints = CheckpointManager(out / "checkpoints", config.checkpoint.keep_last)
     state = _load_resume_state(resume, checkpoints, config, info)
 
