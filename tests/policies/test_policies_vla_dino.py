@@ -192,6 +192,31 @@ def test_vla_dino_save_load_round_trip(tmp_path, head):
     torch.testing.assert_close(loaded.predict_action_chunk(obs), expected, rtol=0, atol=0)
 
 
+def test_vla_dino_checkpoint_loads_without_its_tower_sources(tmp_path):
+    """The checkpoint keeps the towers' architectures, so it loads (e.g. on the robot machine)
+    after the folders its towers came from are gone; the weights come from model.safetensors."""
+    import shutil
+
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    from vla_dino import DinoEncoder
+
+    DinoEncoder.from_size("tiny_reg").save_pretrained(tmp_path / "dino")
+    SiglipVisionModel(SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=2, image_size=56, patch_size=14)).save_pretrained(tmp_path / "siglip")
+    vision = dict(dino=str(tmp_path / "dino"), siglip=str(tmp_path / "siglip"))
+    policy = VlaDinoPolicy(vla_dino_config(vision=vision)).eval()
+    obs = observation()
+    expected = policy.predict_action_chunk(obs)
+    policy.save_pretrained(tmp_path / "checkpoint")
+    assert (tmp_path / "checkpoint" / "towers" / "dino.json").is_file()
+    shutil.rmtree(tmp_path / "dino")
+    shutil.rmtree(tmp_path / "siglip")
+    loaded = VlaDinoPolicy.from_pretrained(tmp_path / "checkpoint")
+    assert loaded.tokenizer.backbone.dino.encoder.num_register_tokens == 4
+    torch.testing.assert_close(loaded.predict_action_chunk(obs), expected, rtol=0, atol=0)
+
+
 def test_vla_dino_optimizer_groups_give_towers_their_own_lr():
     frozen = VlaDinoPolicy(vla_dino_config())
     assert len(frozen.get_optim_params()) == 1  # frozen towers are not handed to the optimizer

@@ -4,6 +4,7 @@ the patch tokens of one block (prefix tokens dropped)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,17 @@ class Tower(nn.Module):
         return []
 
 
+def architecture_from_json(path: Path) -> Any:
+    """A transformers config saved as JSON (`config.to_json_file`) → the config object."""
+    if not path.is_file():
+        raise FileNotFoundError(f"tower architecture file not found: {path}")
+    fields = json.loads(path.read_text())
+    model_type = fields.pop("model_type", None)
+    if model_type is None:
+        raise ValueError(f"{path}: no 'model_type'; expected a transformers config saved as JSON")
+    return AutoConfig.for_model(model_type, **fields)
+
+
 class DinoTower(Tower):
     """DINOv2 (with or without registers); prefix = CLS + registers, dropped."""
 
@@ -124,10 +136,14 @@ class DinoTower(Tower):
     @classmethod
     def load(cls, source: str) -> "DinoTower":
         """A DinoEncoder size name (random init), hub id, transformers folder, official checkpoint
-        file, or a `vla_dino.export` output folder (its `hf/` transformers folder is used)."""
+        file, or a `vla_dino.export` output folder (its `hf/` transformers folder is used).
+        A transformers `*.json` config file gives the architecture only (random init), for callers
+        that load the weights themselves (e.g. a policy checkpoint's model.safetensors)."""
         if source in size_names():
             return cls(DinoEncoder.from_size(source))
         path = Path(source)
+        if path.suffix == ".json":
+            return cls(DinoEncoder(architecture_from_json(path)))
         if path.is_dir() and not (path / "config.json").is_file() and (path / "hf" / "config.json").is_file():
             source = str(path / "hf")
         return cls(DinoEncoder.from_pretrained(source)).float()
@@ -171,10 +187,13 @@ class SiglipTower(Tower):
 
     @classmethod
     def load(cls, source: str) -> "SiglipTower":
-        """A size name ("so400m", "tiny": random init), a local folder or a hub id."""
+        """A size name ("so400m", "tiny": random init), a local folder or a hub id; a transformers
+        `*.json` config file gives the architecture only (random init, see `DinoTower.load`)."""
         if source in SIGLIP_SIZES:
             return cls(SiglipVisionModel(SiglipVisionConfig(**SIGLIP_SIZES[source])))
         path = Path(source)
+        if path.suffix == ".json":
+            return cls(SiglipVisionModel(architecture_from_json(path)))
         if path.is_dir() or source.startswith((".", "/", "~")):
             if not (path / "config.json").is_file():
                 raise FileNotFoundError(f"SigLIP folder {path} not found or has no config.json")
