@@ -11,13 +11,17 @@ from torch import nn
 
 from lerobot.policies.act.modeling_act import ACTPolicy
 
+from vla_dino.adapter.backbone import FusedBackbone
+
 from lerobot_policy_vla_dino.configuration_act_vla_dino import ACTVlaDinoConfig
 from lerobot_policy_vla_dino.feature_map import LayerDict, TowerFeatureMap
+from lerobot_policy_vla_dino.saved_towers import SavedTowersMixin
 
 
-class ACTVlaDinoPolicy(ACTPolicy):
+class ACTVlaDinoPolicy(SavedTowersMixin, ACTPolicy):
     config_class = ACTVlaDinoConfig
     name = "act_vla_dino"
+    tower_field = "backbone"
 
     def __init__(self, config: ACTVlaDinoConfig, **kwargs) -> None:
         super().__init__(config, **kwargs)
@@ -26,3 +30,7 @@ class ACTVlaDinoPolicy(ACTPolicy):
         towers = TowerFeatureMap(config.backbone)
         self.model.backbone = LayerDict(towers)
         self.model.encoder_img_feat_input_proj = nn.Conv2d(towers.out_channels, config.dim_model, kernel_size=1)
+
+    def fused_backbone(self) -> FusedBackbone | None:
+        backbone = self.model.backbone
+        return backbone.module.towers if isinstance(backbone, LayerDict) else None

@@ -12,8 +12,11 @@ from torch import nn
 
 from lerobot.policies.diffusion.modeling_diffusion import DiffusionPolicy, DiffusionRgbEncoder, SpatialSoftmax
 
+from vla_dino.adapter.backbone import FusedBackbone
+
 from lerobot_policy_vla_dino.configuration_diffusion_vla_dino import DiffusionVlaDinoConfig
 from lerobot_policy_vla_dino.feature_map import TowerFeatureMap, split_backbone_params
+from lerobot_policy_vla_dino.saved_towers import SavedTowersMixin
 
 
 def _is_tower_parameter(name: str) -> bool:
@@ -21,9 +24,10 @@ def _is_tower_parameter(name: str) -> bool:
     return name.startswith("diffusion.rgb_encoder.") and ".backbone." in name
 
 
-class DiffusionVlaDinoPolicy(DiffusionPolicy):
+class DiffusionVlaDinoPolicy(SavedTowersMixin, DiffusionPolicy):
     config_class = DiffusionVlaDinoConfig
     name = "diffusion_vla_dino"
+    tower_field = "backbone"
 
     def __init__(self, config: DiffusionVlaDinoConfig, **kwargs) -> None:
         super().__init__(config, **kwargs)
@@ -32,6 +36,11 @@ class DiffusionVlaDinoPolicy(DiffusionPolicy):
         encoders = self.diffusion.rgb_encoder
         for encoder in encoders if isinstance(encoders, nn.ModuleList) else [encoders]:
             _swap_rgb_backbone(encoder, config)
+
+    def fused_backbone(self) -> FusedBackbone | None:
+        encoders = self.diffusion.rgb_encoder
+        first = encoders[0] if isinstance(encoders, nn.ModuleList) else encoders
+        return first.backbone.towers if isinstance(first.backbone, TowerFeatureMap) else None
 
     def get_optim_params(self) -> list[dict]:
         """Tower parameters at `optimizer_lr_backbone`, everything else at the optimizer's lr."""

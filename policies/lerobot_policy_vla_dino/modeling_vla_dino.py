@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 from collections import deque
-from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor
 
-from lerobot.configs.policies import PreTrainedConfig
 from lerobot.policies.pretrained import PreTrainedPolicy
 from lerobot.utils.constants import ACTION
 
 from vla_dino.adapter import VisionTokenizer
+from vla_dino.adapter.backbone import FusedBackbone
 
 from lerobot_policy_vla_dino.configuration_vla_dino import VlaDinoConfig, camera_name
 from lerobot_policy_vla_dino.heads import ActionQueryDecoderHead, L1RegressionMLPHead, masked_l1
+from lerobot_policy_vla_dino.saved_towers import SavedTowersMixin
 
 
-class VlaDinoPolicy(PreTrainedPolicy):
+class VlaDinoPolicy(SavedTowersMixin, PreTrainedPolicy):
     """Tokenizer (towers + projector + camera/proprio tokens) and an action-chunking head.
 
     `select_action` runs the model when its queue is empty and then serves the first
@@ -28,9 +27,7 @@ class VlaDinoPolicy(PreTrainedPolicy):
 
     config_class = VlaDinoConfig
     name = "vla_dino"
-    # Checkpoints carry the towers' architectures here, so loading one needs neither the hub nor
-    # the folders the towers first came from (the weights are in model.safetensors).
-    TOWERS_DIR = "towers"
+    tower_field = "vision"
 
     def __init__(self, config: VlaDinoConfig, **kwargs) -> None:
         super().__init__(config)
@@ -51,27 +48,8 @@ class VlaDinoPolicy(PreTrainedPolicy):
             )
         self.reset()
 
-    def _save_pretrained(self, save_directory: Path, state_dict: dict[str, Tensor] | None = None) -> None:
-        super()._save_pretrained(save_directory, state_dict)
-        towers = Path(save_directory) / self.TOWERS_DIR
-        towers.mkdir(exist_ok=True)
-        backbone = self.tokenizer.backbone
-        backbone.dino.encoder.config.to_json_file(towers / "dino.json")
-        if backbone.siglip is not None:
-            backbone.siglip.model.config.to_json_file(towers / "siglip.json")
-
-    @classmethod
-    def from_pretrained(cls, pretrained_name_or_path: str | Path, *, config: PreTrainedConfig | None = None,
-                        **kwargs: Any) -> "VlaDinoPolicy":
-        """LeRobot's loader; a local checkpoint with saved tower architectures builds its towers
-        from them instead of from `config.vision.dino/siglip`."""
-        towers = Path(pretrained_name_or_path) / cls.TOWERS_DIR
-        if (towers / "dino.json").is_file():
-            config = config or PreTrainedConfig.from_pretrained(pretrained_name_or_path)
-            config.vision.dino = str(towers / "dino.json")
-            if config.vision.siglip is not None:
-                config.vision.siglip = str(towers / "siglip.json")
-        return super().from_pretrained(pretrained_name_or_path, config=config, **kwargs)
+    def fused_backbone(self) -> FusedBackbone:
+        return self.tokenizer.backbone
 
     def get_optim_params(self) -> list[dict]:
         """Head + tokenizer head at the optimizer's lr; trainable tower parameters at `optimizer_lr_encoder`."""

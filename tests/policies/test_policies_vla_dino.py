@@ -192,9 +192,10 @@ def test_vla_dino_save_load_round_trip(tmp_path, head):
     torch.testing.assert_close(loaded.predict_action_chunk(obs), expected, rtol=0, atol=0)
 
 
-def test_vla_dino_checkpoint_loads_without_its_tower_sources(tmp_path):
-    """The checkpoint keeps the towers' architectures, so it loads (e.g. on the robot machine)
-    after the folders its towers came from are gone; the weights come from model.safetensors."""
+@pytest.mark.parametrize("kind", ["vla_dino", "act_vla_dino", "diffusion_vla_dino"])
+def test_checkpoint_loads_without_its_tower_sources(tmp_path, kind):
+    """Checkpoints keep the towers' architectures, so they load (e.g. on the robot machine) after
+    the folders their towers came from are gone; the weights come from model.safetensors."""
     import shutil
 
     from transformers import SiglipVisionConfig, SiglipVisionModel
@@ -204,17 +205,24 @@ def test_vla_dino_checkpoint_loads_without_its_tower_sources(tmp_path):
     DinoEncoder.from_size("tiny_reg").save_pretrained(tmp_path / "dino")
     SiglipVisionModel(SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                          num_attention_heads=2, image_size=56, patch_size=14)).save_pretrained(tmp_path / "siglip")
-    vision = dict(dino=str(tmp_path / "dino"), siglip=str(tmp_path / "siglip"))
-    policy = VlaDinoPolicy(vla_dino_config(vision=vision)).eval()
-    obs = observation()
-    expected = policy.predict_action_chunk(obs)
+    sources = dict(dino=str(tmp_path / "dino"), siglip=str(tmp_path / "siglip"))
+    if kind == "vla_dino":
+        policy_cls, config = VlaDinoPolicy, vla_dino_config(vision=sources)
+    else:
+        policy_cls, config = (ACTVlaDinoPolicy, act_config()) if kind == "act_vla_dino" else (DiffusionVlaDinoPolicy, diffusion_config())
+        config.backbone = TowerBackboneConfig(**{**TINY_BACKBONE, **sources})
+    policy = policy_cls(config)
     policy.save_pretrained(tmp_path / "checkpoint")
-    assert (tmp_path / "checkpoint" / "towers" / "dino.json").is_file()
+    assert {p.name for p in (tmp_path / "checkpoint" / "towers").iterdir()} == {"dino.json", "siglip.json"}
     shutil.rmtree(tmp_path / "dino")
     shutil.rmtree(tmp_path / "siglip")
-    loaded = VlaDinoPolicy.from_pretrained(tmp_path / "checkpoint")
-    assert loaded.tokenizer.backbone.dino.encoder.num_register_tokens == 4
-    torch.testing.assert_close(loaded.predict_action_chunk(obs), expected, rtol=0, atol=0)
+    loaded = policy_cls.from_pretrained(tmp_path / "checkpoint")
+    assert loaded.fused_backbone().dino.encoder.num_register_tokens == 4
+    assert getattr(loaded.config, loaded.tower_field).dino == sources["dino"]  # the config still names the source
+    expected, got = policy.state_dict(), loaded.state_dict()
+    assert expected.keys() == got.keys()
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0, msg=key)
 
 
 def test_vla_dino_optimizer_groups_give_towers_their_own_lr():
