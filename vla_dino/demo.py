@@ -137,12 +137,13 @@ def pretrain(config: DemoConfig, folder: Path, frames: list[str]) -> dict[str, A
     run_command(command, folder / "pretrain.log", config.device)
     run = folder / "run"
     # the random-init baseline: the same architecture and init seed, never trained
-    from vla_dino.encoder import DinoEncoder
     import torch
+    from transformers import AutoConfig
+
+    from vla_dino.encoder import DinoEncoder
 
     torch.manual_seed(config.seed)
-    trained = DinoEncoder.from_pretrained(run / "export" / "hf")
-    DinoEncoder(trained.config).save_pretrained(folder / "random_init")
+    DinoEncoder(AutoConfig.from_pretrained(run / "export" / "hf")).save_pretrained(folder / "random_init")
     return {"run": str(run), "pretrained": str(run / "export" / "hf"), "random_init": str(folder / "random_init"),
             "metrics": str(run / "metrics.csv"), "loss_curve": str(run / "loss_curve.png")}
 
@@ -200,7 +201,8 @@ def report(config: DemoConfig, folder: Path, stages: dict[str, dict[str, Any]]) 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from vla_dino.visualize import load_encoder, load_frames, render_grid
+    from vla_dino.encoder import DinoEncoder
+    from vla_dino.visualize import load_frames, render_grid
 
     pre = stages["pretrain"]
     # loss curves
@@ -222,7 +224,8 @@ def report(config: DemoConfig, folder: Path, stages: dict[str, dict[str, Any]]) 
 
     # PCA feature maps and CLS attention, before/after
     frames = load_frames(stages["collect"]["frames"], 4, config.image_size * 2, None)
-    render_grid(frames, [("random init", load_encoder(pre["random_init"])), ("pretrained", load_encoder(pre["pretrained"]))],
+    render_grid(frames, [("random init", DinoEncoder.from_pretrained(pre["random_init"])),
+                         ("pretrained", DinoEncoder.from_pretrained(pre["pretrained"]))],
                 folder / "features_before_after.png", cell_px=160)
 
     # probe R² bars and success bars

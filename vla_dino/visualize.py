@@ -35,13 +35,6 @@ from vla_dino.encoder import DinoEncoder, ImagePreprocessor, size_names
 logger = logging.getLogger(__name__)
 
 
-def load_encoder(spec: str) -> DinoEncoder:
-    """A size name (random init, e.g. `tiny`, `vits14`), hub id, transformers folder or official file."""
-    if spec in size_names():
-        return DinoEncoder.from_size(spec)
-    return DinoEncoder.from_pretrained(spec)
-
-
 def _min_max(values: torch.Tensor, dim: int = 0) -> torch.Tensor:
     low, high = values.amin(dim=dim, keepdim=True), values.amax(dim=dim, keepdim=True)
     return (values - low) / (high - low).clamp_min(1e-12)
@@ -179,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     if args.num_frames < 1:
         raise SystemExit(f"--num-frames {args.num_frames}: expected at least 1")
     frames = load_frames(args.frames, args.num_frames, args.size, args.cameras)
-    encoders = [(spec, load_encoder(spec)) for spec in args.encoder]
+    encoders = [(spec, DinoEncoder.from_source(spec)) for spec in args.encoder]
     out = render_grid(frames, encoders, args.out, args.foreground_threshold, args.cell_px, args.device)
     print(f"wrote {out} ({len(frames)} frames × {len(encoders)} encoder(s))")
     return out

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, SiglipVisionConfig, SiglipVisionModel
 
-from vla_dino.encoder import IMAGENET_MEAN, IMAGENET_STD, DinoEncoder, size_names
+from vla_dino.encoder import IMAGENET_MEAN, IMAGENET_STD, DinoEncoder
 
 SIGLIP_MEAN = (0.5, 0.5, 0.5)
 SIGLIP_STD = (0.5, 0.5, 0.5)
@@ -139,14 +139,10 @@ class DinoTower(Tower):
         file, or a `vla_dino.export` output folder (its `hf/` transformers folder is used).
         A transformers `*.json` config file gives the architecture only (random init), for callers
         that load the weights themselves (e.g. a policy checkpoint's model.safetensors)."""
-        if source in size_names():
-            return cls(DinoEncoder.from_size(source))
         path = Path(source)
         if path.suffix == ".json":
             return cls(DinoEncoder(architecture_from_json(path)))
-        if path.is_dir() and not (path / "config.json").is_file() and (path / "hf" / "config.json").is_file():
-            source = str(path / "hf")
-        return cls(DinoEncoder.from_pretrained(source)).float()
+        return cls(DinoEncoder.from_source(source)).float()
 
     patch_size = property(lambda self: self.encoder.patch_size)
     hidden_size = property(lambda self: self.encoder.hidden_size)

@@ -14,7 +14,7 @@ from transformers import AutoConfig, Dinov2Config, Dinov2Model, Dinov2WithRegist
 
 from vla_dino.encoder import official
 from vla_dino.encoder.preprocessing import ImagePreprocessor
-from vla_dino.encoder.sizes import config_for_size
+from vla_dino.encoder.sizes import config_for_size, size_names
 
 _OFFICIAL_SUFFIXES = (".pth", ".pt", ".safetensors")
 
@@ -67,9 +67,18 @@ class DinoEncoder(nn.Module):
         return cls(config_for_size(name, **config_overrides))
 
     @classmethod
+    def from_source(cls, source: str | Path, **kwargs: Any) -> "DinoEncoder":
+        """A size name gives a random-init encoder (`from_size`); anything else is loaded
+        (`from_pretrained`). `kwargs` go to whichever is used."""
+        if str(source) in size_names():
+            return cls.from_size(str(source), **kwargs)
+        return cls.from_pretrained(source, **kwargs)
+
+    @classmethod
     def from_pretrained(cls, source: str | Path, **kwargs: Any) -> "DinoEncoder":
-        """Load from a hub id, a local transformers folder (ours included), or an official
-        checkpoint file (`.pth`/`.pt` read with `weights_only=True`, or `.safetensors`).
+        """Load from a hub id, a local transformers folder (ours included), a `vla_dino.export`
+        output folder (its `hf/` folder), or an official checkpoint file (`.pth`/`.pt` read with
+        `weights_only=True`, or `.safetensors`).
 
         For official files, `kwargs` override inferred config fields (e.g. `num_attention_heads`
         for non-standard widths); otherwise they go to transformers' `from_pretrained`.
@@ -77,6 +86,8 @@ class DinoEncoder(nn.Module):
         path = Path(source)
         if path.suffix in _OFFICIAL_SUFFIXES and not path.is_dir():
             return cls._from_official_file(path, **kwargs)
+        if path.is_dir() and not (path / "config.json").is_file() and (path / "hf" / "config.json").is_file():
+            path = source = path / "hf"
         if path.is_dir() or str(source).startswith((".", "/", "~")):
             if not path.is_dir():
                 raise FileNotFoundError(f"encoder folder not found: {path}")

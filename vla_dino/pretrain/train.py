@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from vla_dino.data import FrameDataset, collate_frames, discover_sources
-from vla_dino.encoder import DinoEncoder, size_names
+from vla_dino.encoder import DinoEncoder
 from vla_dino.export import export_encoder
 from vla_dino.pretrain import distributed as D
 from vla_dino.pretrain.checkpoint import (
@@ -273,10 +273,7 @@ def _train(config: PretrainConfig, resume: str | None, info: D.DistInfo) -> RunR
 # -------------------------------------------------------------------- helpers
 def build_encoder(config: PretrainConfig) -> DinoEncoder:
     """A size name builds a random-init encoder; anything else is loaded (hub id, folder, .pth)."""
-    init, overrides = config.model.init, dict(config.model.encoder_overrides)
-    if init in size_names():
-        return DinoEncoder.from_size(init, **overrides)
-    return DinoEncoder.from_pretrained(init, **overrides)
+    return DinoEncoder.from_source(config.model.init, **dict(config.model.encoder_overrides))
 
 
 def _load_resume_state(resume: str | None, checkpoints: CheckpointManager, config: PretrainConfig, info: D.DistInfo) -> dict | None:
