@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from vla_dino.adapter.backbone import FusedBackbone
-from vla_dino.adapter.config import DTYPES, RESIZE_MODES, TRAIN_MODES
+from vla_dino.adapter.config import validate_tower_fields
 
 
 @dataclass
@@ -40,18 +40,7 @@ class TowerBackboneConfig:
     dtype: str = "float32"
 
     def __post_init__(self) -> None:
-        for name, value, allowed in (
-            ("resize_mode", self.resize_mode, RESIZE_MODES),
-            ("train_mode", self.train_mode, TRAIN_MODES),
-            ("dtype", self.dtype, DTYPES),
-        ):
-            if value not in allowed:
-                raise ValueError(f"policy.backbone.{name}={value!r}; expected one of {list(allowed)}")
-        if (self.train_mode == "last_n") != (self.trainable_blocks > 0):
-            raise ValueError(
-                f"policy.backbone.trainable_blocks={self.trainable_blocks} with train_mode={self.train_mode!r}: "
-                "train_mode='last_n' needs trainable_blocks >= 1 and the other modes need 0"
-            )
+        validate_tower_fields(self, "policy.backbone")
 
 
 class TowerFeatureMap(nn.Module):

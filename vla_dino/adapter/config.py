@@ -58,11 +58,9 @@ class VisionTokenizerConfig:
 
     def __post_init__(self) -> None:
         self.camera_names = list(self.camera_names)
-        _choice("resize_mode", self.resize_mode, RESIZE_MODES)
-        _choice("projector", self.projector, PROJECTORS)
-        _choice("train_mode", self.train_mode, TRAIN_MODES)
-        _choice("token_reduction", self.token_reduction, TOKEN_REDUCTIONS)
-        _choice("dtype", self.dtype, DTYPES)
+        validate_tower_fields(self, "VisionTokenizerConfig")
+        _choice("VisionTokenizerConfig", "projector", self.projector, PROJECTORS)
+        _choice("VisionTokenizerConfig", "token_reduction", self.token_reduction, TOKEN_REDUCTIONS)
         if not self.dino:
             raise ValueError("VisionTokenizerConfig.dino is empty; expected a size name, hub id, folder or file")
         if self.siglip == "":
@@ -71,13 +69,6 @@ class VisionTokenizerConfig:
             raise ValueError(f"VisionTokenizerConfig.image_size={self.image_size}; expected a positive pixel size")
         if self.projector != "none" and self.out_dim <= 0:
             raise ValueError(f"VisionTokenizerConfig.out_dim={self.out_dim}; expected a positive width")
-        if self.train_mode == "last_n" and self.trainable_blocks <= 0:
-            raise ValueError("VisionTokenizerConfig.train_mode='last_n' needs trainable_blocks >= 1")
-        if self.train_mode != "last_n" and self.trainable_blocks:
-            raise ValueError(
-                f"VisionTokenizerConfig.trainable_blocks={self.trainable_blocks} is only used with train_mode='last_n' "
-                f"(got train_mode={self.train_mode!r})"
-            )
         if not self.camera_names:
             raise ValueError("VisionTokenizerConfig.camera_names is empty; expected at least one camera")
         if len(set(self.camera_names)) != len(self.camera_names):
@@ -98,6 +89,21 @@ class VisionTokenizerConfig:
         return cls(**values)
 
 
-def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+def _choice(where: str, name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        raise ValueError(f"VisionTokenizerConfig.{name}={value!r}; expected one of {list(allowed)}")
+        raise ValueError(f"{where}.{name}={value!r}; expected one of {list(allowed)}")
+
+
+def validate_tower_fields(config: Any, where: str) -> None:
+    """Checks the tower fields shared by every config that builds a `FusedBackbone`
+    (`VisionTokenizerConfig`, the policies' `TowerBackboneConfig`); `where` prefixes the errors."""
+    _choice(where, "resize_mode", config.resize_mode, RESIZE_MODES)
+    _choice(where, "train_mode", config.train_mode, TRAIN_MODES)
+    _choice(where, "dtype", config.dtype, DTYPES)
+    if config.train_mode == "last_n" and config.trainable_blocks <= 0:
+        raise ValueError(f"{where}.train_mode='last_n' needs trainable_blocks >= 1")
+    if config.train_mode != "last_n" and config.trainable_blocks:
+        raise ValueError(
+            f"{where}.trainable_blocks={config.trainable_blocks} is only used with train_mode='last_n' "
+            f"(got train_mode={config.train_mode!r})"
+        )
