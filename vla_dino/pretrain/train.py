@@ -213,15 +213,18 @@ def _train(config: PretrainConfig, resume: str | None, info: D.DistInfo) -> RunR
             progress.update(1)
 
             # ------------------------------------------------------------ logs and monitors
-            metrics = {k: float(v) for k, v in output.metrics.items()}
-            if logger is not None and (step % config.log.every_steps == 0 or step == stop_step):
+            log_due = logger is not None and (step % config.log.every_steps == 0 or step == stop_step)
+            monitor_due = info.is_main and step % config.log.monitor_every_steps == 0 and step > config.log.collapse.after_step
+            # host copies of the metrics only on steps that use them (each is a device sync on GPU)
+            metrics = {k: float(v) for k, v in output.metrics.items()} if log_due or monitor_due else {}
+            if log_due:
                 elapsed = time.perf_counter() - t0
                 row = {"loss": float(output.loss.detach()), **metrics, **{k: float(v) for k, v in schedule.items()}}
                 row.update(grad_norm=grad_norm, skipped_step=int(not finite), epoch=epoch, step_time_s=elapsed,
                            frames_per_s=frames.shape[0] * info.world_size / elapsed)
                 logger.log(step, row)
                 progress.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row.get('lr', float('nan')):.2e}")
-            if info.is_main and step % config.log.monitor_every_steps == 0 and step > config.log.collapse.after_step:
+            if monitor_due:
                 for problem in monitor.check(metrics):
                     message = f"step {step}: possible collapse: {problem}"
                     log.warning(message)
