@@ -32,19 +32,8 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
+from machine import cpu_model  # benchmarks/machine.py (this script's folder)
 from vla_dino.data import FrameDataset, collate_frames, discover_sources
-
-
-def machine_name() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{platform.system()} {platform.release()}, {cpu}, 1 worker thread"
 
 
 def camera_frame(t: int, height: int, width: int) -> np.ndarray:
@@ -174,6 +163,8 @@ def main() -> None:
             device = torch.device(args.device)
             augment = MultiCropAugmentation(CropConfig(), patch_size=14)
             batches = [order[i : i + args.batch] for i in range(0, len(order) - args.batch + 1, args.batch)]
+            if not batches:
+                raise SystemExit(f"--batch {args.batch} is larger than the {len(order)} frames written; raise --frames")
 
             def ours_batch(b: int) -> int:
                 batch = collate_frames([images[i] for i in batches[b]])
@@ -195,7 +186,7 @@ def main() -> None:
         else:
             rows.append(("decode + multi-crop", float("nan"), None, "vla_dino.ssl.MultiCropAugmentation not available"))
 
-    print(f"machine: {machine_name()}; torch {torch.__version__}; frames {args.width}×{args.height} → {args.size}²")
+    print(f"machine: {platform.system()} {platform.release()}, {cpu_model()}, 1 worker thread; torch {torch.__version__}; frames {args.width}×{args.height} → {args.size}²")
     print(f"{'pipeline (per worker)':44s} {'ours f/s':>9s} {'ref f/s':>9s} {'ratio':>6s}  reference")
     for name, ours, ref, what in rows:
         ratio = f"{ours / ref:5.2f}×" if ref else "   - "

@@ -12,20 +12,14 @@ Timing is interleaved (ours, reference, ours, …) and the median is reported.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 from typing import Callable
 
 import torch
 
+from machine import machine_name  # benchmarks/machine.py (this script's folder)
 from vla_dino import DinoEncoder
-
-
-def machine_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
 def timed(fn: Callable[[], object], device: torch.device) -> float:
@@ -80,7 +74,7 @@ def main() -> None:
         )
 
     print(f"DinoEncoder vs transformers {type(model).__name__}: {args.size}, batch {args.batch}, "
-          f"{args.resolution}², {args.dtype}, on {machine_name(device)}, torch {torch.__version__}")
+          f"{args.resolution}², {args.dtype}, on {machine_name(device)}")
     print(f"{'path':<26}{'ours ms':>10}{'transformers ms':>17}{'ours/ref':>10}")
     for name, ours_s, ref_s in rows:
         print(f"{name:<26}{ours_s * 1e3:>10.2f}{ref_s * 1e3:>17.2f}{ours_s / ref_s:>10.3f}")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import platform
 import tempfile
 import time
 from contextlib import nullcontext
@@ -24,17 +23,12 @@ from pathlib import Path
 
 import torch
 
+from machine import machine_name  # benchmarks/machine.py (this script's folder)
 from vla_dino.data import FrameDataset, collate_frames, discover_sources
 from vla_dino.data.examples import write_image_folder
 from vla_dino.encoder import DinoEncoder
 from vla_dino.pretrain.config import load_config, preset_path
 from vla_dino.ssl import MultiCropAugmentation, SSLModel
-
-
-def machine(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (torch {torch.__version__})"
-    return f"CPU {platform.processor() or platform.machine()} × {torch.get_num_threads()} threads (torch {torch.__version__})"
 
 
 def sync(device: torch.device) -> None:
@@ -87,7 +81,7 @@ def main() -> None:
         frames_cpu = collate_frames([dataset[i % len(dataset)] for i in range(max(args.batch_sizes))])["frame"]
 
     c = config.ssl.crops
-    print(f"# pretraining throughput on {machine(device)}")
+    print(f"# pretraining throughput on {machine_name(device)}")
     print(f"# preset {args.preset}: frames {config.data.frame_size}², crops 2×{c.global_size}² + {c.num_local}×{c.local_size}², "
           f"{'bf16' if bf16 else 'fp32'}; decode from 640×480 PNG")
     print(f"{'model':<12}{'batch':>6}{'decode/worker f/s':>19}{'multi-crop f/s':>16}{'full step f/s':>15}{'step ms':>9}{'workers':>9}")

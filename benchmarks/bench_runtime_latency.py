@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import platform
 import tempfile
 import time
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from machine import machine_name  # benchmarks/machine.py (this script's folder)
 from vla_dino.runtime.checkpoint import TINY_ACT, write_random_checkpoint
 from vla_dino.runtime.chunking import ControlConfig, ControlLoop
 from vla_dino.runtime.runtime import COMPILE_MODES, PolicyRuntime, RuntimeConfig, lerobot_predict_chunk, load_policy
@@ -46,19 +46,6 @@ PRESETS: dict[str, Callable[[], dict]] = {
     # The target: DINOv2-L/14 reg + SigLIP so400m at 224², OpenVLA's fused projector, ACT-style decoder head.
     "vla_dino-moonshot": lambda: vla_dino_preset("vitl14_reg", "so400m", 224),
 }
-
-
-def machine_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (torch {torch.__version__}, CUDA {torch.version.cuda})"
-    model = platform.processor() or "cpu"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return f"{model}, {torch.get_num_threads()} torch threads (torch {torch.__version__})"
 
 
 def time_interleaved(fns: list[Callable[[], object]], warmup: int, iters: int) -> list[np.ndarray]:
