@@ -89,10 +89,13 @@ def test_async_control_loop_keeps_the_rate_while_inference_is_slow():
     assert min(stats.inference_ms) >= 25
 
 
-def test_control_loop_surfaces_inference_errors():
+def test_failed_inference_is_a_fault_that_stops_the_loop_and_says_why():
     def broken(_):
         raise RuntimeError("model exploded")
 
-    loop = ControlLoop(broken, lambda: 0, lambda a: None, ControlConfig(fps=0))
-    with pytest.raises(RuntimeError, match="model exploded"):
-        loop.run(3)
+    stops, sent = [], []
+    loop = ControlLoop(broken, lambda: 0, sent.append, ControlConfig(fps=0, fault_grace_s=0), on_stop=stops.append)
+    stats = loop.run(3)
+    assert sent == []  # nothing was ever safe to send
+    assert stats.stopped_by is not None and stats.stopped_by.reason == "inference_error"
+    assert "model exploded" in stats.stopped_by.message and stops == [stats.stopped_by]

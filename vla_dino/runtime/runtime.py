@@ -38,6 +38,7 @@ from lerobot.policies.pretrained import PreTrainedPolicy
 from lerobot.policies.utils import prepare_observation_for_inference
 from lerobot.utils.import_utils import register_third_party_plugins
 
+from vla_dino.runtime.guard import ActionGuard, UnsafeActionError
 from vla_dino.runtime.spec import ArraySpec, ObservationError, PolicySpec
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 GRAPH_CHECK_TOLERANCE = {"fp32": 1e-4, "bf16": 2e-2, "fp16": 1e-2}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 PROFILE_STAGES = ("upload", "preprocess", "policy", "postprocess", "download")
+ACTION_BOUNDS = ("stats", "none")
 
 
 @dataclass
@@ -64,10 +66,22 @@ class RuntimeConfig:
     cuda_graphs: bool = True  # replay the forward from a CUDA graph (CUDA only)
     capture_processors: bool = True  # try to put the pre/post processors in the graph too
     warmup_iters: int = 3
+    # Action guard (vla_dino.runtime.guard): chunks with NaN/inf are always refused. Bounds: explicit
+    # action_low/action_high (joint or workspace limits: what a real robot should use) win; otherwise
+    # "stats" = the checkpoint's dataset min/max widened by bounds_margin x range per side; "none" = finite only.
+    action_bounds: str = "stats"
+    bounds_margin: float = 0.1
+    action_low: list[float] | None = None  # one value per action dimension (or one for all)
+    action_high: list[float] | None = None
+    clip_actions: bool = False  # clip out-of-bounds chunks instead of refusing them
 
     def __post_init__(self) -> None:
         if self.compile_mode not in COMPILE_MODES:
             raise ValueError(f"--runtime.compile_mode={self.compile_mode!r}: expected one of {list(COMPILE_MODES)}")
+        if self.action_bounds not in ACTION_BOUNDS:
+            raise ValueError(f"--runtime.action_bounds={self.action_bounds!r}: expected one of {list(ACTION_BOUNDS)}")
+        if not self.bounds_margin >= 0:
+            raise ValueError(f"--runtime.bounds_margin={self.bounds_margin}: must be >= 0")
 
     def resolved_device(self) -> torch.device:
         if self.device == "auto":
@@ -187,6 +201,7 @@ class PolicyRuntime:
         preprocessor: Callable[[dict], dict],
         postprocessor: Callable[[torch.Tensor], torch.Tensor],
         config: RuntimeConfig | None = None,
+        guard: ActionGuard | None = None,
     ) -> None:
         self.config = config or RuntimeConfig()
         self.device = self.config.resolved_device()
@@ -231,6 +246,8 @@ class PolicyRuntime:
             for s in inputs
         }
         self._warmup()
+        self.guard = guard or self._make_guard()
+        self._note(self.guard.describe())
 
     @classmethod
     def from_pretrained(cls, path: str | Path, config: RuntimeConfig | None = None) -> PolicyRuntime:
@@ -241,10 +258,14 @@ class PolicyRuntime:
     # ------------------------------------------------------------------ public API
 
     def predict_chunk(self, observation: Mapping[str, np.ndarray], task: str | None = None) -> np.ndarray:
-        """One action chunk ``(T, action_dim)`` float32 for a raw observation (uint8 HWC images, float32 vectors)."""
+        """One action chunk ``(T, action_dim)`` float32 for a raw observation (uint8 HWC images, float32 vectors).
+
+        Raises :class:`ObservationError` for a malformed observation and
+        :class:`~vla_dino.runtime.guard.UnsafeActionError` when the chunk is non-finite or out of bounds."""
         self.spec.validate(observation)
         with self._lock:
-            return self._run(observation, task)
+            chunk = self._run(observation, task)
+        return self.guard.check(chunk)
 
     def reset(self) -> None:
         """Start of an episode: reset the policy's own state (queues, ensemblers)."""
@@ -293,6 +314,18 @@ class PolicyRuntime:
         return result
 
     # ------------------------------------------------------------------ internals
+
+    def _make_guard(self) -> ActionGuard:
+        config, dim = self.config, self.spec.action_dim
+        if config.action_low is not None or config.action_high is not None:
+            return ActionGuard(dim, config.action_low, config.action_high, clip=config.clip_actions, source="--runtime.action_low/high")
+        if config.action_bounds == "none":
+            return ActionGuard(dim, source="--runtime.action_bounds=none")
+        stats = _action_stats(self.postprocessor)
+        if stats is None:
+            logger.warning("runtime: the postprocessor has no 'action' statistics; the action guard checks finiteness only")
+            return ActionGuard(dim, source="none (no action stats in the checkpoint)")
+        return ActionGuard.from_stats(stats, dim, margin=config.bounds_margin, clip=config.clip_actions)
 
     def _note(self, message: str) -> None:
         self.notes.append(message)
@@ -444,6 +477,16 @@ def _replay(captured: tuple[torch.cuda.CUDAGraph, torch.Tensor]) -> torch.Tensor
     return output
 
 
+def _action_stats(postprocessor: object) -> dict | None:
+    """``stats["action"]`` of the postprocessor's unnormaliser (LeRobot ``UnnormalizerProcessorStep``), if any."""
+    from lerobot.processor import UnnormalizerProcessorStep
+
+    for step in getattr(postprocessor, "steps", ()):
+        if isinstance(step, UnnormalizerProcessorStep) and step.stats and "action" in step.stats:
+            return dict(step.stats["action"])
+    return None
+
+
 def _same_constant(a: object, b: object) -> bool:
     try:
         return type(a) is type(b) and bool(a == b)
@@ -456,7 +499,9 @@ def _torch_dtype(spec: ArraySpec) -> torch.dtype:
 
 
 __all__ = [
+    "ActionGuard",
     "ObservationError",
+    "UnsafeActionError",
     "PolicyRuntime",
     "RuntimeConfig",
     "load_policy",
