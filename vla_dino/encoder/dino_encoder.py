@@ -78,7 +78,10 @@ class DinoEncoder(nn.Module):
     def from_pretrained(cls, source: str | Path, **kwargs: Any) -> "DinoEncoder":
         """Load from a hub id, a local transformers folder (ours included), a `vla_dino.export`
         output folder (its `hf/` folder), or an official checkpoint file (`.pth`/`.pt` read with
-        `weights_only=True`, or `.safetensors`).
+        `weights_only=True`, or `.safetensors`): a released hub file, or a file written by the
+        official training code (`eval/<iter>/teacher_checkpoint.pth`, the checkpointer's
+        `model_*.pth`; chunked blocks, `teacher`/`backbone.` prefixes; heads are ignored), detected
+        from its keys (see `vla_dino.encoder.official`).
 
         For official files, `kwargs` override inferred config fields (e.g. `num_attention_heads`
         for non-standard widths); otherwise they go to transformers' `from_pretrained`.
@@ -95,6 +98,14 @@ class DinoEncoder(nn.Module):
                 raise FileNotFoundError(f"{path} has no config.json; expected a transformers DINOv2 folder")
         config = AutoConfig.from_pretrained(str(source))
         model_types = {"dinov2": Dinov2Model, "dinov2_with_registers": Dinov2WithRegistersModel}
+        if config.model_type == "dinov3_vit":
+            raise ValueError(
+                f"{source}: model_type 'dinov3_vit' is DINOv3, which DinoEncoder does not load, so it cannot be a "
+                "pretraining backbone (model.init): DinoEncoder, the SSL model and the exports are built on DINOv2's "
+                "learned absolute position embeddings (interpolated per crop size) and its official key layout, "
+                "while DINOv3 uses RoPE. DINOv3 works as a tower of the fused adapter and the policies "
+                "(VisionTokenizerConfig.dino / --policy.vision.dino / --policy.backbone.dino)"
+            )
         if config.model_type not in model_types:
             raise ValueError(f"{source}: model_type {config.model_type!r} is not DINOv2 (expected {sorted(model_types)})")
         model = model_types[config.model_type].from_pretrained(str(source), **kwargs)
@@ -119,15 +130,37 @@ class DinoEncoder(nn.Module):
         self.model.save_pretrained(directory, safe_serialization=True)
         return directory
 
-    def save_official(self, path: str | Path) -> Path:
-        """The backbone in the official DINOv2 layout (loadable by `torch.hub`'s dinov2 models)."""
+    def save_official(self, path: str | Path, block_chunks: int = 0, wrap: str | None = None) -> Path:
+        """The backbone in the official DINOv2 layout.
+
+        Default: the hub layout of the released `*_pretrain.pth` files, which
+        `torch.hub.load("facebookresearch/dinov2", "dinov2_vits14", pretrained=False)` (or the
+        matching `_reg` model) loads with `load_state_dict(torch.load(path))`, strict.
+        For the official training code: `block_chunks` = the run's `student.block_chunks`
+        (4 in its `configs/train/vit{l,g}14.yaml`) writes `blocks.<chunk>.<i>.…`; `wrap="model"`
+        writes `{"model": state}` as `student.pretrained_weights` expects (it loads with
+        `strict=False`, so a wrong layout would be skipped silently there); `wrap="teacher"` writes
+        `{"teacher": {"backbone.…"}}` like `eval/<iter>/teacher_checkpoint.pth`, which
+        `dinov2/eval/*` read via `--pretrained-weights`. `from_pretrained` reads all of these back.
+        """
         path = Path(path)
+        if wrap not in (None, "model", "teacher"):
+            raise ValueError(f"wrap={wrap!r}; expected None, 'model' or 'teacher'")
+        state = {
+            k: v.detach().cpu().contiguous()
+            for k, v in official.transformers_to_official(self.model.state_dict(), block_chunks).items()
+        }
         path.parent.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in official.transformers_to_official(self.model.state_dict()).items()}
         if path.suffix == ".safetensors":
+            if wrap is not None:
+                raise ValueError(f"{path}: safetensors holds a flat dict; wrap={wrap!r} needs a .pth file")
             from safetensors.torch import save_file
 
             save_file(state, str(path))
+        elif wrap == "teacher":
+            torch.save({"teacher": {f"backbone.{k}": v for k, v in state.items()}}, path)
+        elif wrap == "model":
+            torch.save({"model": state}, path)
         else:
             torch.save(state, path)
         return path
