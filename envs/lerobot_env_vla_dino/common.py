@@ -114,10 +114,11 @@ class MujocoCameras:
         """(row, col) of world `point` in the frame `render` returns for `camera_name`.
 
         Pinhole model of MuJoCo's OpenGL camera (`mjvGLCamera`: position, forward, up, frustum at the
-        near plane); rows count from the top.
+        near plane); rows count from the top. A mono render sees from the average of the scene's two
+        eye cameras (each sits ipd/2 to one side), as `mjr_render` does.
         """
         self.renderer.update_scene(data, self.cameras[camera_name])
-        gl = self.renderer.scene.camera[0]
+        gl = mujoco.mjv_averageCamera(self.renderer.scene.camera[0], self.renderer.scene.camera[1])
         forward, up = np.asarray(gl.forward), np.asarray(gl.up)
         right = np.cross(forward, up)
         offset = np.asarray(point, dtype=np.float64) - np.asarray(gl.pos)
