@@ -15,9 +15,10 @@ from typing import Any
 import draccus
 import yaml
 
+from vla_dino.configs import PRETRAIN_DIR
 from vla_dino.ssl.config import SSLConfig
 
-PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "pretrain"
+PRESET_DIR = PRETRAIN_DIR  # package data (vla_dino/configs/pretrain): found alike from checkout, editable and wheel
 
 
 @dataclass

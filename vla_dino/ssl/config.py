@@ -1,5 +1,5 @@
 """The SSL recipe as nested dataclasses (draccus/YAML friendly); defaults = DINOv2's
-`ssl_default_config.yaml` (see DESIGN.md §4). `load_ssl_config` reads a YAML file."""
+`dinov2/configs/ssl_default_config.yaml` (facebookresearch/dinov2). `load_ssl_config` reads a YAML file."""
 
 from __future__ import annotations
 
