@@ -5,8 +5,8 @@ VAE, loss, action queue and temporal ensembling are LeRobot's own code. Tower pa
 under `model.backbone`, so ACT's `get_optim_params` gives them `optimizer_lr_backbone`.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: LeRobot reads the `config` annotation of `__init__` as a class
+# (`issubclass(cfg_cls, signature(policy_cls.__init__).parameters["config"].annotation)`).
 from torch import nn
 
 from lerobot.policies.act.modeling_act import ACTPolicy

@@ -6,8 +6,8 @@ softmax is rebuilt for the towers' (C, h, w) map; the keypoint projection, U-Net
 loss and observation/action queues are LeRobot's own code.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: LeRobot reads the `config` annotation of `__init__` as a class
+# (`issubclass(cfg_cls, signature(policy_cls.__init__).parameters["config"].annotation)`).
 from torch import nn
 
 from lerobot.policies.diffusion.modeling_diffusion import DiffusionPolicy, DiffusionRgbEncoder, SpatialSoftmax

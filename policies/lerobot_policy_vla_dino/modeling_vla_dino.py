@@ -1,7 +1,7 @@
 """`VlaDinoPolicy`: `VisionTokenizer` tokens → action chunk, with LeRobot's policy interface."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: LeRobot reads the `config` annotation of `__init__` as a class
+# (`issubclass(cfg_cls, signature(policy_cls.__init__).parameters["config"].annotation)`).
 from collections import deque
 
 import torch
