@@ -7,7 +7,8 @@ square uint8 frames (with optional stride and temporal neighbours) to a DataLoad
 
 from vla_dino.data.base import SUPPORTED_INPUTS, FrameReadError, FrameSource, square_resize, to_rgb_uint8
 from vla_dino.data.dataset import FrameDataset, collate_frames
-from vla_dino.data.discovery import NoFramesError, discover_sources
+from vla_dino.data.discovery import NoFramesError, deduplicate_sources, discover_sources
+from vla_dino.data.scan import ScanResult, scan_sources
 
 __all__ = [
     "FrameDataset",
@@ -15,8 +16,11 @@ __all__ = [
     "FrameSource",
     "NoFramesError",
     "SUPPORTED_INPUTS",
+    "ScanResult",
     "collate_frames",
+    "deduplicate_sources",
     "discover_sources",
+    "scan_sources",
     "square_resize",
     "to_rgb_uint8",
 ]

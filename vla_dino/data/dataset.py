@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from vla_dino.data.base import FrameSource, square_resize
+from vla_dino.data.base import FrameReadError, FrameSource, square_resize
 from vla_dino.data.discovery import NoFramesError
 from vla_dino.data.hdf5 import HDF5Reader
 from vla_dino.data.images import ImageReader
@@ -67,6 +67,7 @@ class FrameDataset(Dataset):
         stride: int = 1,
         neighbor_offset: int = 0,
         seed: int = 0,
+        min_frame_side: int = 1,
     ) -> None:
         if frame_size < 1:
             raise ValueError(f"frame_size={frame_size}; expected a positive number of pixels")
@@ -75,6 +76,9 @@ class FrameDataset(Dataset):
         if neighbor_offset < 0:
             raise ValueError(f"neighbor_offset={neighbor_offset}; expected ≥ 0 (0 disables temporal neighbours)")
         self.frame_size, self.stride, self.neighbor_offset, self.seed = frame_size, stride, neighbor_offset, seed
+        # Frames with a shorter side below this are skipped, not enlarged (a 5×5 thumbnail
+        # blown up to 256² is noise, not a robot frame).
+        self.min_frame_side = min_frame_side
         self.sources = [s for s in sources if s.error is None and s.num_frames > 0]
         self.unreadable_sources = [s for s in sources if s.error is not None]
         if not self.sources:
@@ -85,6 +89,7 @@ class FrameDataset(Dataset):
         self.epoch = 0
         self._token = uuid.uuid4().hex  # tells this dataset's skips apart from another's in one process
         self._skipped: Counter[tuple[str, str]] = Counter()
+        self._new_skips: list[tuple[str, str]] = []  # since the last drain_new_skips()
         self._readers: dict[str, _Reader] | None = None
         self._reader_pid: int | None = None
 
@@ -132,6 +137,12 @@ class FrameDataset(Dataset):
     def read_frame(self, source: FrameSource, frame: int) -> torch.Tensor:
         """One frame as uint8 (3, S, S)."""
         image = self._reader_for(source.kind).read(source, frame, min_side=self.frame_size)
+        if min(image.shape[:2]) < self.min_frame_side:
+            height, width = image.shape[:2]
+            raise FrameReadError(
+                f"{width}×{height} frame, smaller than min_frame_side={self.min_frame_side}: too small to enlarge to "
+                f"{self.frame_size}×{self.frame_size}"
+            )
         return torch.from_numpy(square_resize(image, self.frame_size)).permute(2, 0, 1).contiguous()
 
     def _reader_for(self, kind: str) -> _Reader:
@@ -167,13 +178,22 @@ class FrameDataset(Dataset):
         """Counts the skips a batch reports (from any worker); returns how many were this dataset's."""
         mine = [(file, reason) for token, file, reason in batch.get("skipped", []) if token == self._token]
         self._skipped.update(mine)
+        self._new_skips += mine
         return len(mine)
+
+    def drain_new_skips(self) -> list[tuple[str, str]]:
+        """(file, reason) of every skip merged or read in this process since the previous call."""
+        self._drain_own_pending()
+        new, self._new_skips = self._new_skips, []
+        return new
 
     def _drain_own_pending(self) -> None:
         pid = os.getpid()
         mine = [entry for entry in _PENDING_SKIPS if entry[:2] == (pid, self._token)]
         _PENDING_SKIPS[:] = [entry for entry in _PENDING_SKIPS if entry[:2] != (pid, self._token)]
-        self._skipped.update((file, reason) for _, _, file, reason in mine)
+        records = [(file, reason) for _, _, file, reason in mine]
+        self._skipped.update(records)
+        self._new_skips += records
 
     def skipped_counts(self) -> dict[str, int]:
         """Skipped samples per file (merged batches, reads in this process, unreadable files as 1 each)."""

@@ -17,6 +17,7 @@ agentview, eye/hand, rgb, view, …), or a leaf folder name that repeats under s
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections import Counter
@@ -28,6 +29,8 @@ from vla_dino.data.hdf5 import hdf5_sources
 from vla_dino.data.images import image_source
 from vla_dino.data.lerobot import camera_keys, is_lerobot_dataset, lerobot_sources
 from vla_dino.data.videos import video_source
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_CAMERA = "default"
 _CAMERA_WORD = re.compile(
@@ -59,9 +62,47 @@ def discover_sources(paths: Sequence[str | Path] | str | Path, cameras: Sequence
             raise FileNotFoundError(f"--frames {path}: no such file or folder")
         walk.add(path)
     sources = [s for s in walk.sources if s.error is not None or wanted is None or _matches(s, wanted)]
+    sources, duplicates = deduplicate_sources(sources)
+    if duplicates:
+        logger.warning(
+            "%d source(s) reached through more than one --frames path%s; each is counted once",
+            duplicates, _overlap_note(paths),
+        )
     if not any(s.error is None and s.num_frames > 0 for s in sources):
         raise NoFramesError(_nothing_found_message(paths, cameras, walk))
     return sources
+
+
+def deduplicate_sources(sources: Sequence[FrameSource]) -> tuple[list[FrameSource], int]:
+    """Drops sources already listed (the same file/folder and dataset key, reached through two
+    --frames paths such as a folder and its subfolder, or one path given twice), and image
+    files given directly that an image folder already holds. Returns (sources, number dropped)."""
+    seen: set[tuple[str, Path, str, int]] = set()
+    folder_files = {f.resolve() for s in sources if s.kind == "images" and s.path.is_dir() for f in s.files}
+    direct_files: set[Path] = set()
+    kept = []
+    for source in sources:
+        identity = (source.kind, source.path.resolve(), source.key, source.offset)
+        if identity in seen:
+            continue
+        if source.kind == "images" and not source.path.is_dir():  # an image file given directly
+            file = source.path.resolve()
+            if file in folder_files or file in direct_files:
+                continue
+            direct_files.add(file)
+        seen.add(identity)
+        kept.append(source)
+    return kept, len(sources) - len(kept)
+
+
+def _overlap_note(paths: Sequence[str | Path]) -> str:
+    resolved = [(str(p), Path(p).expanduser().resolve()) for p in paths]
+    pairs = [
+        f"{a} is inside {b}" if pb in pa.parents else f"{a} is given twice"
+        for i, (a, pa) in enumerate(resolved) for j, (b, pb) in enumerate(resolved)
+        if i != j and (pb in pa.parents or (pa == pb and i > j))
+    ]
+    return f" ({'; '.join(pairs)})" if pairs else ""
 
 
 def _matches(source: FrameSource, wanted: set[str]) -> bool:

@@ -12,6 +12,7 @@ import sys
 from typing import Any, Sequence
 
 from vla_dino.pretrain.config import load_config, parse_override_value, preset_path
+from vla_dino.pretrain.errors import EXIT_CODES, EXIT_SIGINT, EXIT_SIGTERM, ConfigError, PretrainError
 
 DEFAULT_PRESET = "vits14_scratch"
 
@@ -44,6 +45,9 @@ teacher_backbone.pth of the teacher backbone).
 
 Multi-GPU / multi-node: the same command under torchrun (DDP; distributed.strategy=fsdp for
 FSDP2), e.g.  torchrun --nproc_per_node 8 -m vla_dino.pretrain --preset vitb14_scratch --frames DIR
+
+Exit codes: 0 done (or stopped at --stop-at-step), {', '.join(f'{code} {what}' for what, code in EXIT_CODES.items())}; an expected
+error prints one `error: …` line (--debug: with its traceback), anything else a traceback (1).
 """
 
 
@@ -75,19 +79,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, help="run seed (data order, augmentations, init)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted override (repeatable)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an expected error too")
     return parser
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, dict[str, Any]]:
-    """Flags plus overrides {dotted key: value} from `--set k=v` and `--a.b.c v` / `--a.b.c=v`."""
+    """Flags plus overrides {dotted key: value} from `--set k=v` and `--a.b.c v` / `--a.b.c=v`.
+
+    A key given twice with different values (`--steps 5 --set train.steps=7`, or two `--set`s)
+    is a ConfigError naming both: which one should win is a guess we do not make."""
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     overrides: dict[str, Any] = {}
+    given: dict[str, str] = {}  # key → how it was given, for the conflict message
+
+    def add(key: str, value: Any, how: str) -> None:
+        if key in overrides and overrides[key] != value:
+            raise ConfigError(f"{key} is given twice with different values: {given[key]} and {how}; keep one")
+        overrides[key], given[key] = value, how
+
     for item in args.set:
         if "=" not in item:
             parser.error(f"--set {item!r}: expected KEY=VALUE, e.g. --set ssl.optim.base_lr=1e-4")
         key, value = item.split("=", 1)
-        overrides[key.strip()] = parse_override_value(value)
+        add(key.strip(), parse_override_value(value), f"--set {item}")
     i = 0
     while i < len(rest):
         token = rest[i]
@@ -101,39 +116,50 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, d
                 parser.error(f"{token} needs a value")
             key, value = token[2:], rest[i + 1]
             i += 2
-        overrides[key] = parse_override_value(value)
+        add(key, parse_override_value(value), f"--{key} {value}")
     for flag, key in SHORTCUTS.items():
         value = getattr(args, flag)
         if value is not None:
-            overrides[key] = value
+            shown = " ".join(map(str, value)) if isinstance(value, list) else value
+            add(key, value, f"--{flag.replace('_', '-')} {shown}")
     return args, overrides
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Every expected failure ends here as one `error: …` line and its exit code (errors.py);
+    `--debug` re-raises it with its traceback. Unexpected exceptions keep their traceback."""
+    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+    try:
+        return _run(argv)
+    except PretrainError as error:
+        if debug:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+
+
+def _run(argv: Sequence[str] | None) -> int:
     args, overrides = parse_args(argv)
     try:
         config = load_config(args.config or preset_path(args.preset or DEFAULT_PRESET), overrides)
     except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        raise ConfigError(str(error)) from error
     if args.print_config:
         import yaml
 
         print(yaml.safe_dump(config.to_dict(), sort_keys=False))
         return 0
     if not config.data.frames:
-        raise SystemExit("error: no frames given; pass --frames DIR (repeatable)")
+        raise ConfigError("no frames given; pass --frames DIR (repeatable)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from vla_dino.pretrain.train import NonFiniteLossError, train  # heavy imports after --help
+    from vla_dino.pretrain.train import train  # heavy imports after --help
 
-    try:
-        result = train(config, resume=args.resume)
-    except NonFiniteLossError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    if result.stopped_by in ("SIGTERM", "SIGINT"):
-        return 143 if result.stopped_by == "SIGTERM" else 130
+    result = train(config, resume=args.resume)
+    if result.stopped_by == "SIGTERM":
+        return EXIT_SIGTERM
+    if result.stopped_by == "SIGINT":
+        return EXIT_SIGINT
     return 0
 
 

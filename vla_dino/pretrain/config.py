@@ -8,6 +8,8 @@ Overrides use dotted paths into this tree, e.g. `ssl.optim.base_lr=1e-4` or
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,13 @@ import yaml
 
 from vla_dino.configs import PRETRAIN_DIR
 from vla_dino.ssl.config import SSLConfig
+
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def _finite(value: float) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
 
 PRESET_DIR = PRETRAIN_DIR  # package data (vla_dino/configs/pretrain): found alike from checkout, editable and wheel
 
@@ -39,6 +48,10 @@ class DataConfig:
     neighbor_offset: int = 0  # >0: a temporal-view neighbour within ±offset frames
     batch_size: int = 64  # per process; the global batch is batch_size × world size
     num_workers: int = 4
+    # Frames whose shorter side is below this are left out (counted as unreadable), not enlarged.
+    min_frame_side: int = 32
+    # Open every image file's header at start-up, so non-images are counted before training.
+    check_files: bool = True
 
 
 @dataclass
@@ -49,6 +62,9 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32
     max_nonfinite_steps: int = 5  # consecutive NaN/inf steps before the run stops
+    # Consecutive batches without enough readable frames before the run stops (with a
+    # checkpoint); a whole epoch of them stops it sooner.
+    max_empty_batches: int = 50
 
 
 @dataclass
@@ -103,22 +119,60 @@ class PretrainConfig:
     ssl: SSLConfig = field(default_factory=SSLConfig)
 
     def validate(self) -> None:
+        """Raises ValueError listing every bad field with its value (the SSL tree's own checks after)."""
+        t, d, o, lo, sc, h, c = self.train, self.data, self.ssl.optim, self.ssl.loss, self.ssl.schedules, self.ssl.heads, self.ssl.crops
         checks = [
-            (self.train.steps > 0, "train.steps must be > 0"),
-            (self.data.batch_size > 0, "data.batch_size must be > 0"),
+            (t.steps > 0, "train.steps must be > 0"),
+            (d.batch_size > 0, "data.batch_size must be > 0"),
+            (d.num_workers >= 0, "data.num_workers must be >= 0"),
+            (d.frame_size > 0, "data.frame_size must be > 0"),
+            (d.stride >= 1, "data.stride must be >= 1"),
+            (d.neighbor_offset >= 0, "data.neighbor_offset must be >= 0"),
+            (d.min_frame_side >= 1, "data.min_frame_side must be >= 1"),
             (self.checkpoint.every_steps > 0, "checkpoint.every_steps must be > 0"),
             (self.checkpoint.keep_last > 0, "checkpoint.keep_last must be > 0"),
-            (self.train.max_nonfinite_steps > 0, "train.max_nonfinite_steps must be > 0"),
-            (self.train.precision in ("auto", "bf16", "fp16", "fp32"), "train.precision must be auto|bf16|fp16|fp32"),
+            (t.max_nonfinite_steps > 0, "train.max_nonfinite_steps must be > 0"),
+            (t.max_empty_batches > 0, "train.max_empty_batches must be > 0"),
+            (t.precision in ("auto", "bf16", "fp16", "fp32"), "train.precision must be auto|bf16|fp16|fp32"),
+            (_DEVICE.fullmatch(t.device) is not None, "train.device must be auto|cpu|cuda|cuda:N|mps"),
+            (self.log.every_steps > 0, "log.every_steps must be > 0"),
+            (self.log.monitor_every_steps > 0, "log.monitor_every_steps must be > 0"),
             (self.distributed.strategy in ("ddp", "fsdp"), "distributed.strategy must be ddp|fsdp"),
             (self.distributed.backend in ("auto", "nccl", "gloo"), "distributed.backend must be auto|nccl|gloo"),
             (set(self.export.formats) <= {"hf", "official"}, "export.formats may only hold 'hf' and 'official'"),
+            # numbers the SSL tree's own validate() leaves open
+            (_finite(o.base_lr) and o.base_lr > 0, "ssl.optim.base_lr must be > 0"),
+            (_finite(o.min_lr) and o.min_lr >= 0, "ssl.optim.min_lr must be >= 0"),
+            (all(_finite(v) and v >= 0 for v in o.weight_decay), "ssl.optim.weight_decay must be >= 0 (from, to)"),
+            (_finite(o.layer_decay) and 0 < o.layer_decay <= 1, "ssl.optim.layer_decay must be in (0, 1]"),
+            (_finite(o.patch_embed_lr_mult) and o.patch_embed_lr_mult >= 0, "ssl.optim.patch_embed_lr_mult must be >= 0"),
+            (all(_finite(b) and 0 <= b < 1 for b in o.betas), "ssl.optim.betas must be in [0, 1)"),
+            (_finite(o.clip_grad), "ssl.optim.clip_grad must be a finite number (<= 0: no clipping)"),
+            (o.freeze_last_layer_steps is None or o.freeze_last_layer_steps >= 0, "ssl.optim.freeze_last_layer_steps must be >= 0"),
+            (all(_finite(v) and v > 0 for v in sc.teacher_temp), "ssl.schedules.teacher_temp must be > 0 (from, to)"),
+            (all(_finite(v) and 0 <= v <= 1 for v in sc.momentum), "ssl.schedules.momentum must be in [0, 1] (from, to)"),
+            *((_finite(getattr(lo, k)) and getattr(lo, k) >= 0, f"ssl.loss.{k} must be >= 0")
+              for k in ("dino_weight", "ibot_weight", "koleo_weight")),
+            (lo.sinkhorn_iterations >= 1, "ssl.loss.sinkhorn_iterations must be >= 1"),
+            (0 <= lo.center_momentum < 1, "ssl.loss.center_momentum must be in [0, 1)"),
+            *((getattr(h, k) > 0, f"ssl.heads.{k} must be > 0") for k in ("hidden_dim", "bottleneck_dim", "num_prototypes")),
+            (h.ibot_num_prototypes is None or h.ibot_num_prototypes > 0, "ssl.heads.ibot_num_prototypes must be > 0 (or null)"),
+            *((0 <= getattr(c, k) <= 1, f"ssl.crops.{k} must be in [0, 1]") for k in
+              ("jitter_prob", "grayscale_prob", "blur_prob_global1", "blur_prob_global2", "blur_prob_local", "solarize_prob_global2")),
         ]
         errors = [message + f" (got {self._describe(message)})" for ok, message in checks if not ok]
         if self.train.stop_at_step is not None and not 0 < self.train.stop_at_step <= self.train.steps:
             errors.append(f"train.stop_at_step must be in 1..train.steps={self.train.steps} (got {self.train.stop_at_step})")
+        if lo.koleo_weight > 0 and d.batch_size < 2:
+            errors.append(
+                f"data.batch_size must be >= 2 while ssl.loss.koleo_weight > 0 (got batch {d.batch_size}, weight "
+                f"{lo.koleo_weight}): KoLeo compares each frame with its nearest neighbour in the batch; "
+                "raise --batch-size or set ssl.loss.koleo_weight=0"
+            )
+        if len(errors) == 1:
+            raise ValueError(f"invalid pretraining config: {errors[0]}")
         if errors:
-            raise ValueError("invalid pretraining config:\n  " + "\n  ".join(errors))
+            raise ValueError(f"invalid pretraining config ({len(errors)} problems):\n  " + "\n  ".join(errors))
         self.ssl.validate()
 
     def _describe(self, message: str) -> str:

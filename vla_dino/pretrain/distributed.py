@@ -12,6 +12,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from vla_dino.pretrain.errors import DeviceError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -35,7 +37,7 @@ def resolve_device(request: str, local_rank: int = 0) -> torch.device:
     device = torch.device(request)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f"--device {request}: CUDA is not available on this machine")
+            raise DeviceError(f"--device {request}: CUDA is not available on this machine (use --device cpu or auto)")
         if device.index is None:
             device = torch.device(f"cuda:{local_rank}")
     return device
@@ -75,12 +77,21 @@ def all_gather_objects(obj: Any, info: DistInfo) -> list[Any]:
 
 
 def broadcast_flag(flag: bool, info: DistInfo) -> bool:
-    """True on every rank if it is true on any (stop signals, NaN stops)."""
+    """True on every rank if it is true on any (stop signals, NaN stops, unusable batches)."""
     if not info.distributed:
         return flag
     tensor = torch.tensor([int(flag)], device=info.device if info.device.type == "cuda" else "cpu")
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return bool(tensor.item())
+
+
+def sum_ints(values: tuple[int, ...], info: DistInfo) -> tuple[int, ...]:
+    """Element-wise sum over ranks (skip counters); collective when distributed."""
+    if not info.distributed:
+        return values
+    tensor = torch.tensor(values, dtype=torch.int64, device=info.device if info.device.type == "cuda" else "cpu")
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tuple(int(v) for v in tensor.tolist())
 
 
 # ------------------------------------------------------------------ wrapping

@@ -4,6 +4,11 @@ Epoch `e` is a permutation drawn from `seed + e` alone, split across ranks the w
 `torch.utils.data.DistributedSampler` does (rank r takes every world_size-th index), cut into
 full batches. The position is `(epoch, batch_index)`: a resumed run starts exactly at the next
 unseen batch, with no dependence on how far the previous process got.
+
+Checkpoints store the position as *samples seen* of the epoch's permutation (`samples_done`),
+which does not depend on the batch size or the number of processes: rank r takes
+perm[r::W], so after b batches of B the W ranks have together consumed exactly perm[:b·B·W].
+`position_for_samples` turns it back into a batch index for any batch size and world size.
 """
 
 from __future__ import annotations
@@ -36,6 +41,25 @@ class ResumableBatchSampler(Sampler[list[int]]):
         if not 0 <= batch_index < self.batches_per_epoch:
             raise ValueError(f"batch index {batch_index} outside 0..{self.batches_per_epoch - 1}")
         self.epoch, self.start_batch = epoch, batch_index
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.world_size
+
+    def samples_done(self, batch_index: int) -> int:
+        """Samples of the epoch's permutation consumed (all ranks) before batch `batch_index`."""
+        return batch_index * self.global_batch
+
+    def position_for_samples(self, epoch: int, samples_done: int) -> tuple[int, int, int]:
+        """(epoch, batch_index, repeated): the batch that continues after `samples_done` samples of
+        `epoch`, rounded down to a whole batch, so `repeated` samples are seen again rather than
+        skipped; the next epoch when the remainder cannot fill a batch."""
+        if samples_done < 0:
+            raise ValueError(f"samples_done {samples_done} < 0")
+        batch_index = samples_done // self.global_batch
+        if batch_index >= self.batches_per_epoch:
+            return epoch + 1, 0, 0
+        return epoch, batch_index, samples_done - batch_index * self.global_batch
 
     def epoch_indices(self, epoch: int) -> list[int]:
         """This rank's indices for `epoch`, trimmed to whole batches."""

@@ -1,16 +1,21 @@
 """The pretraining loop, readable top to bottom.
 
-    frames (DataLoader, sharded resumable sampler) → multi-crop on the training device →
-    SSLModel forward under autocast → NaN guard → backward → clip → AdamW step → EMA teacher
-    → logs / collapse monitor / checkpoints
+    frames (start-up scan, DataLoader, sharded resumable sampler) → multi-crop on the training
+    device → SSLModel forward under autocast → NaN guard → backward → clip → AdamW step → EMA
+    teacher → logs / collapse monitor / checkpoints
 
 `train(config, resume)` is the whole run; `python -m vla_dino.pretrain` parses the command
 line into a `PretrainConfig` and calls it (also under torchrun, one call per process).
+
+The run stops only for a reason it states (vla_dino/pretrain/errors.py) and never loses more than
+one checkpoint interval: every path through the loop, including batches skipped because no frame
+could be read, checks the stop signals, and every stop saves a checkpoint first.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import math
 import os
@@ -26,31 +31,32 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from vla_dino.data import FrameDataset, collate_frames, discover_sources
+from vla_dino.data import FrameDataset, NoFramesError, ScanResult, collate_frames, discover_sources, scan_sources
 from vla_dino.encoder import DinoEncoder
 from vla_dino.export import export_encoder
 from vla_dino.pretrain import distributed as D
 from vla_dino.pretrain.checkpoint import (
     CheckpointManager,
     capture_rng_state,
+    checkpoint_folder,
     load_checkpoint,
-    resolve_checkpoint,
+    load_latest,
     restore_rng_state,
     seed_everything,
 )
 from vla_dino.pretrain.config import PretrainConfig, dump_config
+from vla_dino.pretrain.errors import ConfigError, DataError, NonFiniteLossError, OutputExistsError, ResumeError
 from vla_dino.pretrain.logger import MetricsLogger, plot_loss_curve
 from vla_dino.pretrain.monitor import CollapseMonitor, NonFiniteGuard
 from vla_dino.pretrain.sampler import ResumableBatchSampler
+from vla_dino.pretrain.skips import SkipLog
 from vla_dino.ssl import MultiCropAugmentation, SSLModel
 
 log = logging.getLogger("vla_dino.pretrain")
 
 CHECKPOINT_FORMAT = 1
 
-
-class NonFiniteLossError(RuntimeError):
-    """Raised after `train.max_nonfinite_steps` consecutive NaN/inf steps (state already saved)."""
+__all__ = ["NonFiniteLossError", "RunResult", "train", "build_encoder"]
 
 
 @dataclass
@@ -60,13 +66,18 @@ class RunResult:
     stopped_by: str  # "finished" | "stop_at_step" | "SIGTERM" | "SIGINT"
     checkpoint: Path | None = None
     exported: dict[str, Path] = field(default_factory=dict)
-    skipped_samples: int = 0
+    skipped_samples: int = 0  # unreadable samples met by this process run (all ranks)
+    skipped_samples_total: int = 0  # over the whole run, across resumes
 
 
 def train(config: PretrainConfig, resume: str | None = None) -> RunResult:
     """Run (or continue) pretraining. `resume`: None (fresh run), "auto" (latest checkpoint in
-    `output_dir`, fresh if there is none) or a checkpoint path."""
-    config.validate()
+    `output_dir`, fresh if there is none), a run / checkpoints folder (its newest good checkpoint)
+    or a checkpoint file. Expected failures raise `errors.PretrainError` subclasses."""
+    try:
+        config.validate()
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
     info = D.init_distributed(config.train.device, config.distributed.backend)
     threads = torch.get_num_threads()  # _train may lower it on CPU; callers get theirs back
     try:
@@ -85,24 +96,28 @@ def _train(config: PretrainConfig, resume: str | None, info: D.DistInfo) -> RunR
         cores = (os.cpu_count() or 1) // max(1, info.world_size)
         torch.set_num_threads(max(1, cores - config.data.num_workers))
     checkpoints = CheckpointManager(out / "checkpoints", config.checkpoint.keep_last)
-    state = _load_resume_state(resume, checkpoints, config, info)
+    state, state_path = _load_resume_state(resume, checkpoints, config, info)
+    if state is not None:
+        _check_target_steps(state["step"], config, state_path)
 
     # ---------------------------------------------------------------- data
     seed_everything(config.train.seed + info.rank)  # per-rank augmentation streams
-    sources = discover_sources(config.data.frames, cameras=config.data.cameras)
-    dataset = FrameDataset(
-        sources,
-        frame_size=config.data.frame_size,
-        stride=config.data.stride,
-        neighbor_offset=config.data.neighbor_offset,
-        seed=config.train.seed,
-    )
+    scan, dataset = open_frames(config, info)
     sampler = ResumableBatchSampler(len(dataset), config.data.batch_size, config.train.seed, info.rank, info.world_size)
+    fingerprint = frame_list_fingerprint(dataset)
+    # KoLeo needs a nearest neighbour in the batch: a batch thinned to one frame is unusable.
+    min_frames = 2 if config.ssl.loss.koleo_weight > 0 else 1
+    empty_limit = min(config.train.max_empty_batches, sampler.batches_per_epoch)
 
     # ---------------------------------------------------------------- model and optimiser
     encoder = build_encoder(config)
     model = SSLModel(_ssl_config_for_run(config, info), encoder, total_steps=config.train.steps).to(device)
-    augment = MultiCropAugmentation.from_config(config.ssl, patch_size=encoder.patch_size)
+    try:
+        augment = MultiCropAugmentation.from_config(config.ssl, patch_size=encoder.patch_size)
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
+    if state is not None:
+        _check_checkpoint_fits(state, model, config, state_path)
     forward_model = D.wrap_model(model, config.distributed.strategy, info, config.distributed.find_unused_parameters)
     optimizer = torch.optim.AdamW(model.param_groups(), **_adamw_kwargs(config))
     precision = _resolve_precision(config.train.precision, device)
@@ -112,13 +127,16 @@ def _train(config: PretrainConfig, resume: str | None, info: D.DistInfo) -> RunR
 
     # ---------------------------------------------------------------- resume
     step, epoch, batch_index = 0, 0, 0
+    skipped_base, empty_base = 0, 0  # totals of the run before this process (from the checkpoint)
     guard = NonFiniteGuard(config.train.max_nonfinite_steps)
     if state is not None:
-        D.load_model_and_optimizer(model, optimizer, state["model"], state["optimizer"], config.distributed.strategy, info)
-        if state["scaler"]:
+        _load_weights_and_optimizer(model, optimizer, state, config, info, state_path)
+        if state["scaler"] and scaler.is_enabled():
             scaler.load_state_dict(state["scaler"])
-        step, epoch, batch_index = state["step"], state["epoch"], state["batch_index"]
+        step = state["step"]
+        epoch, batch_index = _resume_position(state, sampler, fingerprint, config, info)
         guard.streak = state["nonfinite_streak"]
+        skipped_base, empty_base = int(state.get("skipped_samples_total", 0)), int(state.get("skipped_batches_total", 0))
         rng = state["rng"]
         if len(rng) == info.world_size:
             restore_rng_state(rng[info.rank])
@@ -127,24 +145,32 @@ def _train(config: PretrainConfig, resume: str | None, info: D.DistInfo) -> RunR
     stop_step = config.train.stop_at_step or config.train.steps
 
     # ---------------------------------------------------------------- run outputs (rank 0)
-    logger = None
+    logger, skip_log = None, None
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         dump_config(config, out / "config.yaml")
         logger = MetricsLogger(out, tensorboard=config.log.tensorboard, resume_step=step if state is not None else None)
+        skip_log = SkipLog(out / "skipped_samples.txt", resume_step=step if state is not None else None)
+        skip_log.start_session(step, state_path, scan.unreadable)
+        log.info("%s\n%s", out, scan.report(config.data.stride))
         log.info(
-            "%s: %d frames from %d sources, %d process(es) × batch %d, %s, %s, steps %d → %d",
-            out, len(dataset), len(sources), info.world_size, config.data.batch_size, device, precision, step, stop_step,
+            "%s: %d frames from %d readable sources, %d process(es) × batch %d, %s, %s, steps %d → %d",
+            out, len(dataset), len(dataset.sources), info.world_size, config.data.batch_size, device, precision, step, stop_step,
         )
     monitor = CollapseMonitor(config.log.collapse, num_prototypes=config.ssl.heads.num_prototypes)
     stop_signal = _StopSignal()
-    skipped_samples = 0
+    # Skip counters of this process: since the last logged row, and since the process started.
+    skipped_since_log, skipped_here, empty_here = 0, 0, 0
+    pending_skips: list[tuple[int, str, str]] = []  # (step, file, reason), written at the next save
 
     def save() -> Path | None:
-        """Collective under FSDP; rank 0 writes."""
+        """Collective (skip records and totals are gathered; FSDP state too); rank 0 writes."""
         full = D.model_state_dict(model, config.distributed.strategy, info)
         optim = D.optimizer_state_dict(model, optimizer, config.distributed.strategy, info)
         rng = D.all_gather_objects(capture_rng_state(), info)
+        records = D.all_gather_objects(list(pending_skips), info)
+        pending_skips.clear()
+        skipped, empty = D.sum_ints((skipped_here, empty_here), info)
         if not info.is_main:
             return None
         payload = {
@@ -153,6 +179,17 @@ def _train(config: PretrainConfig, resume: str | None, info: D.DistInfo) -> RunR
             "epoch": epoch,
             "batch_index": batch_index,
             "world_size": info.world_size,
+            # the position in a form that survives a change of batch size or of processes
+            "data_position": {
+                "epoch": epoch,
+                "samples_done": sampler.samples_done(batch_index),
+                "num_samples": len(dataset),
+                "fingerprint": fingerprint,
+                "seed": config.train.seed,
+                "global_batch": sampler.global_batch,
+            },
+            "skipped_samples_total": skipped_base + skipped,
+            "skipped_batches_total": empty_base + empty,
             "model": full,
             "optimizer": optim,
             "scaler": scaler.state_dict() if scaler.is_enabled() else {},
@@ -162,24 +199,53 @@ def _train(config: PretrainConfig, resume: str | None, info: D.DistInfo) -> RunR
             "encoder_config": model.teacher_backbone.config.to_json_string(),
             "config": config.to_dict(),
         }
+        # records and their marker before the payload: if the payload never lands, a resume from the
+        # previous checkpoint drops them (everything after its marker) and re-meets those skips
+        skip_log.append(sorted((r for rank in records for r in rank), key=lambda r: r[0]), step)
         return checkpoints.save(payload, step)
+
+    def take_skips(batch: dict[str, Any]) -> int:
+        dataset.merge_skipped(batch)
+        records = dataset.drain_new_skips()
+        pending_skips.extend((step + 1, file, reason) for file, reason in records)  # during step + 1
+        return int(batch["num_skipped"])
 
     # ---------------------------------------------------------------- the loop
     batches = _batch_stream(dataset, sampler, epoch, batch_index, config, device)
     progress = tqdm(total=stop_step, initial=step, disable=not (info.is_main and config.log.progress_bar), unit="step")
     stopped_by, last_saved = "finished", None
+    empty_streak = 0
     model.train()
     try:
         while step < stop_step:
             t0 = time.perf_counter()
             epoch, batch_index, batch = next(batches)
-            skipped_samples += int(batch["num_skipped"])
-            dataset.merge_skipped(batch)
-            if batch["frame"].shape[0] == 0:  # every frame of this batch unreadable: take the next
+            skipped = take_skips(batch)
+            skipped_since_log += skipped
+            skipped_here += skipped
+            # every rank skips together (a rank without frames cannot join the collectives)
+            unusable = D.broadcast_flag(batch["frame"].shape[0] < min_frames, info)
+            if unusable:  # too few readable frames in this batch: take the next one, bounded
                 batch_index += 1
                 if batch_index == sampler.batches_per_epoch:
                     epoch, batch_index = epoch + 1, 0
+                empty_streak += 1
+                empty_here += 1
+                if empty_streak >= empty_limit:
+                    last_saved = save()
+                    D.barrier(info)
+                    raise DataError(
+                        f"{empty_streak} batches in a row had fewer than {min_frames} readable frame(s) "
+                        f"({'a whole epoch' if empty_streak >= sampler.batches_per_epoch else 'train.max_empty_batches'}); "
+                        f"stopping at step {step}. Saved {last_saved or checkpoints.path_for(step)}; the unreadable "
+                        f"files are listed in {out / 'skipped_samples.txt'}. Fix or remove them, then continue with --resume"
+                    )
+                if D.broadcast_flag(stop_signal.received is not None, info):
+                    last_saved = save()
+                    stopped_by = stop_signal.received or "signal"
+                    break
                 continue
+            empty_streak = 0
             frames = batch["frame"].to(device, non_blocking=True)
             neighbors = batch["neighbor"].to(device, non_blocking=True) if config.data.neighbor_offset > 0 else None
             crops = augment(frames, neighbors)
@@ -213,15 +279,22 @@ def _train(config: PretrainConfig, resume: str | None, info: D.DistInfo) -> RunR
             progress.update(1)
 
             # ------------------------------------------------------------ logs and monitors
-            log_due = logger is not None and (step % config.log.every_steps == 0 or step == stop_step)
+            log_step = step % config.log.every_steps == 0 or step == stop_step  # the same on every rank
+            log_due = logger is not None and log_step
             monitor_due = info.is_main and step % config.log.monitor_every_steps == 0 and step > config.log.collapse.after_step
+            skip_counts = D.sum_ints((skipped_since_log, skipped_here, empty_here), info) if log_step else None
+            if log_step:
+                skipped_since_log = 0
             # host copies of the metrics only on steps that use them (each is a device sync on GPU)
             metrics = {k: float(v) for k, v in output.metrics.items()} if log_due or monitor_due else {}
             if log_due:
                 elapsed = time.perf_counter() - t0
                 row = {"loss": float(output.loss.detach()), **metrics, **{k: float(v) for k, v in schedule.items()}}
                 row.update(grad_norm=grad_norm, skipped_step=int(not finite), epoch=epoch, step_time_s=elapsed,
-                           frames_per_s=frames.shape[0] * info.world_size / elapsed)
+                           frames_per_s=frames.shape[0] * info.world_size / elapsed,
+                           # unreadable samples since the previous row, and over the whole run
+                           skipped_samples=skip_counts[0], skipped_samples_total=skipped_base + skip_counts[1],
+                           skipped_batches_total=empty_base + skip_counts[2])
                 logger.log(step, row)
                 progress.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row.get('lr', float('nan')):.2e}")
             if monitor_due:
@@ -253,15 +326,17 @@ def _train(config: PretrainConfig, resume: str | None, info: D.DistInfo) -> RunR
         stopped_by = "stop_at_step"
 
     # ---------------------------------------------------------------- end of run
-    skipped_samples = sum(D.all_gather_objects(skipped_samples, info))
+    skipped_run, _ = D.sum_ints((skipped_here, empty_here), info)
     summaries = D.all_gather_objects(dataset.skipped_summary(), info)
-    result = RunResult(output_dir=out, step=step, stopped_by=stopped_by, checkpoint=last_saved, skipped_samples=skipped_samples)
+    result = RunResult(output_dir=out, step=step, stopped_by=stopped_by, checkpoint=last_saved, skipped_samples=skipped_run,
+                       skipped_samples_total=skipped_base + skipped_run)
     if info.is_main:
         logger.close()
         plot_loss_curve(logger.jsonl_path, out / "loss_curve.png")
         summary = "\n".join(f"[rank {r}] {text}" if info.distributed else text for r, text in enumerate(summaries))
-        (out / "skipped_samples.txt").write_text(summary + "\n")
-        log.info("%d unreadable sample(s) skipped during training.\n%s", skipped_samples, summary)
+        skip_log.end_session(step, summary)
+        log.info("%d unreadable sample(s) skipped in this session, %d over the run (listed in %s).\n%s",
+                 skipped_run, result.skipped_samples_total, skip_log.path, summary)
         if config.export.at_end and stopped_by in ("finished", "stop_at_step"):
             teacher = _unsharded_teacher(model, config, info) if config.distributed.strategy == "fsdp" else model.teacher_backbone
             result.exported = export_encoder(teacher, out / "export", config.export.formats)
@@ -273,47 +348,56 @@ def _train(config: PretrainConfig, resume: str | None, info: D.DistInfo) -> RunR
     return result
 
 
-# -------------------------------------------------------------------- helpers
-def build_encoder(config: PretrainConfig) -> DinoEncoder:
-    """A size name builds a random-init encoder; anything else is loaded (hub id, folder, .pth)."""
-    return DinoEncoder.from_source(config.model.init, **dict(config.model.encoder_overrides))
+# -------------------------------------------------------------------- data
+def open_frames(config: PretrainConfig, info: D.DistInfo) -> tuple[ScanResult, FrameDataset]:
+    """Discovery, the start-up scan and the dataset; DataError (with the numbers) when the frames
+    cannot fill one global batch, before any model is built."""
+    data = config.data
+    try:
+        sources = discover_sources(data.frames, cameras=data.cameras)
+    except (NoFramesError, FileNotFoundError) as error:
+        raise DataError(str(error)) from error
+    scan = scan_sources(sources, data.frames, frame_size=data.frame_size, min_frame_side=data.min_frame_side,
+                        check_files=data.check_files)
+    if not scan.sources:
+        first = "; ".join(f"{file}: {reason}" for file, reason in scan.unreadable[:3])
+        raise DataError(
+            f"no readable frames in --frames {', '.join(data.frames)}: {len(scan.unreadable)} file(s)/source(s) found, "
+            f"none readable (first: {first})"
+        )
+    try:
+        dataset = FrameDataset(
+            scan.sources + scan.unreadable_sources,
+            frame_size=data.frame_size,
+            stride=data.stride,
+            neighbor_offset=data.neighbor_offset,
+            seed=config.train.seed,
+            min_frame_side=data.min_frame_side,
+        )
+    except NoFramesError as error:
+        raise DataError(str(error)) from error
+    needed = data.batch_size * info.world_size
+    if len(dataset) < needed:
+        stride = f" after stride {data.stride}" if data.stride > 1 else ""
+        fits = len(dataset) // info.world_size
+        advice = f"lower --batch-size to at most {fits}" if fits >= 2 or config.ssl.loss.koleo_weight == 0 else "add frames"
+        raise DataError(
+            f"not enough frames for one step: {len(dataset)} readable frame(s){stride} in {len(dataset.sources)} source(s) "
+            f"({len(scan.unreadable)} unreadable file(s) left out), but one step takes data.batch_size "
+            f"{data.batch_size} × {info.world_size} process(es) = {needed}; {advice}"
+        )
+    return scan, dataset
 
 
-def _load_resume_state(resume: str | None, checkpoints: CheckpointManager, config: PretrainConfig, info: D.DistInfo) -> dict | None:
-    latest = checkpoints.latest()
-    if resume is None:
-        if latest is not None:
-            raise FileExistsError(
-                f"{config.output_dir} already holds checkpoints ({latest.name}); pass --resume to continue "
-                "that run or choose another --output-dir"
-            )
-        return None
-    if resume == "auto":
-        if latest is None:
-            if info.is_main:
-                log.info("--resume: no checkpoint in %s yet; starting a fresh run", checkpoints.directory)
-            return None
-        path = latest
-    else:
-        path = resolve_checkpoint(resume)
-    state = load_checkpoint(path)
-    if state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: checkpoint format {state.get('format')!r}; this version reads {CHECKPOINT_FORMAT}")
-    if info.is_main:
-        _warn_config_changes(state["config"], config.to_dict(), path)
-        log.info("resuming from %s (step %d)", path, state["step"])
-    return state
-
-
-def _warn_config_changes(saved: dict, current: dict, path: Path, prefix: str = "") -> None:
-    ignore = {"train.stop_at_step", "train.device", "data.num_workers", "output_dir", "data.frames"}
-    for key in sorted(set(saved) | set(current)):
-        name = prefix + key
-        old, new = saved.get(key), current.get(key)
-        if isinstance(old, dict) and isinstance(new, dict):
-            _warn_config_changes(old, new, path, name + ".")
-        elif old != new and name not in ignore:
-            log.warning("resume: %s was %r in %s, now %r", name, old, path.name, new)
+def frame_list_fingerprint(dataset: FrameDataset) -> str:
+    """What the dataset's index space means: sources in order, their frame counts and files, the
+    stride. A resume compares it to continue the same permutation or restart the epoch."""
+    digest = hashlib.sha256(f"stride={dataset.stride}".encode())
+    for s in dataset.sources:
+        digest.update(f"\n{s.kind}|{s.path.resolve()}|{s.key}|{s.offset}|{s.num_frames}".encode())
+        for file in s.files:
+            digest.update(f"|{file.name}".encode())
+    return digest.hexdigest()[:16]
 
 
 def _batch_stream(
@@ -340,6 +424,184 @@ def _batch_stream(
         epoch, batch_index = epoch + 1, 0
 
 
+# -------------------------------------------------------------------- model
+def build_encoder(config: PretrainConfig) -> DinoEncoder:
+    """A size name builds a random-init encoder; anything else is loaded (hub id, folder, .pth)."""
+    try:
+        return DinoEncoder.from_source(config.model.init, **dict(config.model.encoder_overrides))
+    except (OSError, ValueError, KeyError) as error:  # missing folder/file, unknown size name, hub offline
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ConfigError(f"model.init {config.model.init!r} cannot be loaded: {first}") from error
+
+
+# -------------------------------------------------------------------- resume
+# Config fields whose change does not alter what a checkpoint means.
+_IGNORED = ("train.stop_at_step", "train.device", "data.num_workers", "data.check_files", "output_dir",
+            "log.", "export.", "checkpoint.")
+# Fields that decide the shapes and names of the saved tensors: named when a checkpoint does not fit.
+_ARCHITECTURE = ("model.", "ssl.heads.", "ssl.loss.centering", "ssl.loss.gram_weight", "ssl.loss.gram_refresh_steps",
+                 "ssl.continued.gram_anchor")
+# What a change means for the resumed run, shown with the warning.
+_HINTS = {
+    "train.steps": "the lr, weight-decay, teacher-temperature and momentum schedules are laid over train.steps; "
+                   "they continue on the new curve",
+    "data.batch_size": "the data position is converted (see below); lr scaling follows the new global batch",
+    "data.frames": "a different frame list restarts the epoch's data order",
+    "data.cameras": "a different frame list restarts the epoch's data order",
+    "data.stride": "a different frame list restarts the epoch's data order",
+    "train.seed": "the epoch's data order is a different permutation and restarts",
+}
+
+
+def config_changes(saved: dict, current: dict, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted field, saved value, current value) for every field that differs, ignored ones left out."""
+    changes = []
+    for key in sorted(set(saved) | set(current)):
+        name = prefix + key
+        old, new = saved.get(key), current.get(key)
+        if isinstance(old, dict) and isinstance(new, dict) and not name.startswith("model.encoder_overrides"):
+            changes += config_changes(old, new, name + ".")
+        elif old != new and not any(name == i or (i.endswith(".") and name.startswith(i)) for i in _IGNORED):
+            changes.append((name, old, new))
+    return changes
+
+
+def _load_resume_state(
+    resume: str | None, checkpoints: CheckpointManager, config: PretrainConfig, info: D.DistInfo
+) -> tuple[dict | None, Path | None]:
+    if resume is None:
+        latest = checkpoints.latest()
+        if latest is not None:
+            raise OutputExistsError(
+                f"{config.output_dir} already holds checkpoints ({latest.name}); pass --resume to continue "
+                "that run or choose another --output-dir"
+            )
+        return None, None
+    if resume == "auto":
+        found = load_latest(checkpoints, move_aside=info.is_main)
+        if found is None:
+            if info.is_main:
+                log.info("--resume: no checkpoint in %s yet; starting a fresh run", checkpoints.directory)
+            return None, None
+        path, state = found
+    else:
+        folder = checkpoint_folder(resume)
+        if folder is not None:  # a run or checkpoints folder: its newest good checkpoint
+            found = load_latest(CheckpointManager(folder, keep_last=1), move_aside=info.is_main)
+            assert found is not None  # checkpoint_folder found one
+            path, state = found
+        else:  # a file the user named: used as it is, never moved
+            path = Path(resume)
+            state = load_checkpoint(path)
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise ResumeError(f"{path}: checkpoint format {state.get('format')!r}; this version reads {CHECKPOINT_FORMAT}")
+    if info.is_main:
+        for name, old, new in config_changes(state["config"], config.to_dict()):
+            hint = f" ({_HINTS[name]})" if name in _HINTS else ""
+            log.warning("resume: %s was %r in %s, now %r%s", name, old, path.name, new, hint)
+        log.info("resuming from %s (step %d)", path, state["step"])
+    return state, path
+
+
+def _check_target_steps(saved_step: int, config: PretrainConfig, path: Path | None) -> None:
+    steps, stop = config.train.steps, config.train.stop_at_step
+    if steps < saved_step:
+        raise ResumeError(
+            f"train.steps={steps} is below the checkpoint's step {saved_step} ({path}): there is nothing to train. "
+            f"Pass --steps above {saved_step} to train longer (the schedules stretch to it), or export this checkpoint "
+            f"with python -m vla_dino.export --checkpoint {path}"
+        )
+    if stop is not None and stop < saved_step:
+        raise ResumeError(f"train.stop_at_step={stop} is below the checkpoint's step {saved_step} ({path}); "
+                          f"pass a later --stop-at-step or none")
+    if saved_step == (stop or steps):
+        log.info("the checkpoint %s is already at step %d: nothing left to train", path, saved_step)
+
+
+def _check_checkpoint_fits(state: dict, model: torch.nn.Module, config: PretrainConfig, path: Path | None) -> None:
+    """One clear refusal instead of torch's line per mismatched tensor."""
+    saved, current = state["model"], model.state_dict()
+    missing = [k for k in current if k not in saved]
+    unexpected = [k for k in saved if k not in current]
+    shapes = [(k, tuple(saved[k].shape), tuple(v.shape)) for k, v in current.items()
+              if k in saved and tuple(saved[k].shape) != tuple(v.shape)]
+    if not (missing or unexpected or shapes):
+        return
+    problems = []
+    if shapes:
+        name, old, new = shapes[0]
+        problems.append(f"{len(shapes)} tensor(s) differ in shape, e.g. {name} {old} in the checkpoint, {new} now")
+    if missing:
+        problems.append(f"{len(missing)} tensor(s) this config builds are not in it, e.g. {missing[0]}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} saved tensor(s) this config does not build, e.g. {unexpected[0]}")
+    changes = config_changes(state["config"], config.to_dict())
+    named = [c for c in changes if c[0].startswith(_ARCHITECTURE)] or changes
+    changed = "; ".join(f"{name} was {old!r}, now {new!r}" for name, old, new in named) or "no config field (another version?)"
+    raise ResumeError(
+        f"cannot resume from {path}: its weights do not fit the model this config builds ({'; '.join(problems)}). "
+        f"Changed since the checkpoint: {changed}. Resume with the checkpoint's values, or start a new run in "
+        f"another --output-dir"
+    )
+
+
+def _load_weights_and_optimizer(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict, config: PretrainConfig, info: D.DistInfo,
+    path: Path | None,
+) -> None:
+    # torch's Optimizer.load_state_dict takes the saved per-group options (lr_mult, wd_mult, betas):
+    # keep this config's, so a changed layer_decay or betas really applies (the resume warned about it).
+    fresh = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    saved_groups = state["optimizer"].get("param_groups") if isinstance(state["optimizer"], dict) else None
+    if config.distributed.strategy != "fsdp" and saved_groups is not None:
+        sizes_saved = [len(g["params"]) for g in saved_groups]
+        sizes_now = [len(g["params"]) for g in optimizer.param_groups]
+        if sizes_saved != sizes_now:
+            raise ResumeError(
+                f"cannot resume from {path}: its optimiser has {len(sizes_saved)} parameter groups of sizes "
+                f"{sizes_saved[:6]}…, this config builds {len(sizes_now)} of {sizes_now[:6]}…"
+            )
+    try:
+        D.load_model_and_optimizer(model, optimizer, state["model"], state["optimizer"], config.distributed.strategy, info)
+    except (RuntimeError, ValueError, KeyError) as error:
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ResumeError(f"cannot resume from {path}: {first}") from error
+    for group, options in zip(optimizer.param_groups, fresh):
+        group.update(options)
+
+
+def _resume_position(
+    state: dict, sampler: ResumableBatchSampler, fingerprint: str, config: PretrainConfig, info: D.DistInfo
+) -> tuple[int, int]:
+    """(epoch, batch_index) to continue from, for this run's batch size and frame list."""
+    position = state.get("data_position")
+    if position is None:  # checkpoints before data_position: a batch index at the saved global batch
+        saved_batch = state["config"]["data"]["batch_size"] * state.get("world_size", 1)
+        position = {"epoch": state["epoch"], "samples_done": state["batch_index"] * saved_batch, "num_samples": None,
+                    "fingerprint": None, "seed": state["config"]["train"]["seed"], "global_batch": saved_batch}
+    epoch = int(position["epoch"])
+    same_order = (position["fingerprint"] in (None, fingerprint) and position["num_samples"] in (None, sampler.num_samples)
+                  and position["seed"] == config.train.seed)
+    if not same_order:
+        if info.is_main:
+            what = (f"the frame list changed ({position['num_samples']} → {sampler.num_samples} frames)"
+                    if position["fingerprint"] != fingerprint else f"train.seed changed ({position['seed']} → {config.train.seed})")
+            log.warning("resume: %s, so the position in epoch %d means nothing now: restarting epoch %d from its first "
+                        "batch (the weights, optimiser and step %d are kept)", what, epoch, epoch, state["step"])
+        return epoch, 0
+    new_epoch, batch_index, repeated = sampler.position_for_samples(epoch, int(position["samples_done"]))
+    if info.is_main and position["global_batch"] != sampler.global_batch:
+        log.warning(
+            "resume: global batch %d → %d: epoch %d continues after sample %d of %d (batch %d of %d)%s",
+            position["global_batch"], sampler.global_batch, epoch, position["samples_done"], sampler.num_samples,
+            batch_index, sampler.batches_per_epoch,
+            f"; {repeated} frame(s) of this epoch are seen again" if repeated else
+            ("; the rest of the epoch cannot fill a batch: next epoch" if new_epoch != epoch else ""),
+        )
+    return new_epoch, batch_index
+
+
+# -------------------------------------------------------------------- helpers
 def _ssl_config_for_run(config: PretrainConfig, info: D.DistInfo):
     """Pin the lr-scaling batch to the nominal global batch (per-process batch × processes), so a
     first batch thinned by unreadable frames cannot change the lr of the whole run."""
@@ -359,7 +621,7 @@ def _resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "auto":
         return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
     if precision == "fp16" and device.type != "cuda":
-        raise ValueError("train.precision=fp16 needs a CUDA device (use bf16 or fp32 on CPU)")
+        raise ConfigError("train.precision=fp16 needs a CUDA device (use bf16 or fp32 on CPU)")
     return precision
 
 
@@ -386,8 +648,8 @@ def _unsharded_teacher(model: torch.nn.Module, config: PretrainConfig, info: D.D
 
 
 class _StopSignal:
-    """SIGTERM / SIGINT set a flag; the loop checkpoints and leaves at the end of the step.
-    A second signal gets the previous handler (so a second Ctrl-C still interrupts at once)."""
+    """SIGTERM / SIGINT set a flag; the loop checkpoints and leaves at the end of the step (or of
+    the skipped batch). A second signal gets the previous handler (a second Ctrl-C interrupts at once)."""
 
     def __init__(self) -> None:
         self.received: str | None = None
