@@ -130,7 +130,7 @@ def test_queue_is_bounded_and_errors_stay_with_their_request(act_runtime):
         second = threading.Thread(target=call, args=("second", 2.0, "fail"))
         second.start()
         for _ in range(200):  # wait until the second one sits in the queue
-            if server._queue.full():
+            if server.stats()["in_flight"] >= 2:  # one running, one queued
                 break
             threading.Event().wait(0.01)
         call("third", 3.0)

@@ -6,7 +6,8 @@ Requests and replies are HTTP/1.1 bodies of content type ``application/x-vla-din
     n bytes               header, UTF-8 JSON: {"arrays": [{"name", "dtype", "shape"}, ...], ...}
     payload               each array's raw bytes, C order, little-endian, in header order
 
-Error replies are ``application/json``: ``{"error": {"status", "code", "message"}}``.
+Error replies are ``application/json``: ``{"error": {"status", "code", "message"}}`` (plus
+``"reason"`` for ``unsafe_action``: ``non_finite``, ``out_of_bounds`` or ``bad_shape``).
 Endpoints: ``GET /v1/health``, ``GET /v1/spec`` (JSON: expected inputs, chunk shape),
 ``POST /v1/predict`` (frame with the observation arrays and optional ``"task"``; reply frame
 with array ``"action"`` of shape (T, action_dim) and ``"timing_ms"`` in the header).
@@ -16,6 +17,7 @@ Any client that can do HTTP and ``numpy.frombuffer`` can talk to the server.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from collections.abc import Mapping
 
@@ -24,6 +26,7 @@ import numpy as np
 CONTENT_TYPE = "application/x-vla-dino-frame"
 MAX_HEADER_BYTES = 64 * 1024
 MAX_DIMS = 8
+MAX_ARRAYS = 64
 WIRE_DTYPES = ("uint8", "float32")  # what observations and actions use; anything else is refused
 _LENGTH = struct.Struct("<I")
 
@@ -61,14 +64,20 @@ def decode_frame(data: bytes) -> tuple[dict, dict[str, np.ndarray]]:
         raise ProtocolError("header must be a JSON object with an 'arrays' list")
     entries = header.pop("arrays")
     offset, arrays = _LENGTH.size + head_len, {}
+    if len(entries) > MAX_ARRAYS:
+        raise ProtocolError(f"{len(entries)} arrays in one frame; at most {MAX_ARRAYS}")
     for i, entry in enumerate(entries):
         name, dtype, shape = _check_entry(i, entry)
         if name in arrays:
             raise ProtocolError(f"array '{name}' appears twice")
-        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        count = math.prod(shape)  # Python ints: a hostile shape cannot overflow into a negative size
+        nbytes = count * np.dtype(dtype).itemsize
         if offset + nbytes > len(data):
-            raise ProtocolError(f"array '{name}' {dtype}{shape} needs {nbytes} bytes, payload has {len(data) - offset} left")
-        arrays[name] = np.frombuffer(data, dtype=np.dtype(dtype).newbyteorder("<"), count=nbytes // np.dtype(dtype).itemsize, offset=offset).reshape(shape).astype(dtype, copy=False)
+            raise ProtocolError(f"array '{name}' {dtype}{list(shape)} needs {nbytes} bytes, payload has {len(data) - offset} left")
+        try:
+            arrays[name] = np.frombuffer(data, dtype=np.dtype(dtype).newbyteorder("<"), count=count, offset=offset).reshape(shape).astype(dtype, copy=False)
+        except ValueError as error:  # numpy's own refusal of a layout: still the client's malformed frame
+            raise ProtocolError(f"array '{name}': {error}") from None
         offset += nbytes
     if offset != len(data):
         raise ProtocolError(f"{len(data) - offset} bytes after the last array: header and payload disagree")
@@ -92,5 +101,6 @@ def _check_entry(i: int, entry: object) -> tuple[str, str, tuple[int, ...]]:
     return name, dtype, tuple(shape)
 
 
-def error_body(status: int, code: str, message: str) -> bytes:
-    return json.dumps({"error": {"status": status, "code": code, "message": message}}).encode()
+def error_body(status: int, code: str, message: str, **extra: object) -> bytes:
+    """JSON error reply; ``extra`` fields (e.g. ``reason`` of an unsafe action) go inside ``error``."""
+    return json.dumps({"error": {"status": int(status), "code": code, "message": message, **extra}}).encode()

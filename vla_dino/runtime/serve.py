@@ -1,10 +1,11 @@
 """``python -m vla_dino.runtime.serve --policy.path=<run>/checkpoints/last/pretrained_model``
 
 Loads the checkpoint into a warm :class:`~vla_dino.runtime.runtime.PolicyRuntime` and serves it
-(127.0.0.1:8765 by default). To accept other machines, bind an address and set a token::
+(127.0.0.1:8765 by default). To accept other machines, bind an address and set a token (and, on a shared LAN, a TLS
+certificate so the token is not sent in clear text)::
 
     VLA_DINO_SERVER_TOKEN=$(openssl rand -hex 16) python -m vla_dino.runtime.serve \\
-        --policy.path=... --server.host=0.0.0.0
+        --policy.path=... --server.host=0.0.0.0 --server.tls_cert=cert.pem --server.tls_key=key.pem
 """
 
 from __future__ import annotations
@@ -46,12 +47,18 @@ def build_server(config: ServeConfig) -> PolicyServer:
     return PolicyServer(runtime, config.server)
 
 
+def configure_logging(level: int = logging.INFO) -> None:
+    """Own the root logger for this CLI: importing LeRobot installs handlers first, which turns a plain
+    ``basicConfig`` into a no-op and hid the server's auth banner and its rejection logs."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    logging.getLogger("vla_dino").setLevel(level)
+
+
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     config = draccus.parse(ServeConfig, args=argv)
     server = build_server(config).start()
-    host, port = server.address
-    print(f"serving {config.policy.path} on http://{host}:{port} (Ctrl-C to stop)", flush=True)
+    print(f"serving {config.policy.path} on {server.url} (Ctrl-C to stop)", flush=True)
     try:
         threading.Event().wait()
     except KeyboardInterrupt:
