@@ -3,9 +3,10 @@
 `VisualCondition` describes a scene edit: light intensity and colour, a hue rotation and
 saturation change of every material and geom colour, and a small camera pose jitter.
 `SceneEditor` applies one to a MuJoCo model and restores the originals (`with editor.applied(c):`).
-MuJoCo reads `model.mat_rgba`, `geom_rgba`, `light_diffuse` / `light_ambient`, the headlight, `cam_pos` at the next
-render, so no recompilation is needed (MuJoCo docs, "mjModel": these fields are not used by
-`mj_setConst`).
+MuJoCo reads `model.mat_rgba`, `geom_rgba`, `light_diffuse` / `light_ambient` and the headlight at the
+next render, so no recompilation is needed (MuJoCo docs, "mjModel": these fields are not used by
+`mj_setConst`). `cam_pos` is read by `mj_forward` / `mj_step` (which compute `data.cam_xpos`, what the
+renderer uses): give the editor the `data` to re-render the current state with a moved camera.
 
 `DenseLabels` renders per-pixel depth (metres, `Renderer.enable_depth_rendering`) and a semantic
 class map from the segmentation render (`Renderer.enable_segmentation_rendering`: int32
@@ -87,10 +88,15 @@ def _edit_colours(rgba: np.ndarray, hue_shift: float, saturation: float) -> np.n
 
 @dataclass
 class SceneEditor:
-    """Applies `VisualCondition`s to `model` and restores its original colours, lights and cameras."""
+    """Applies `VisualCondition`s to `model` and restores its original colours, lights and cameras.
+
+    With `data`, camera poses (`data.cam_xpos`) are recomputed at once (`mj_camlight`); without it a
+    camera shift shows from the next `mj_forward` / `mj_step` (an env's reset or step) on.
+    """
 
     model: mujoco.MjModel
-    _original: dict[str, np.ndarray] = field(init=False)
+    data: mujoco.MjData | None = None
+    _original: dict[str, np.ndarray] = field(init=False, default_factory=dict)
     current: VisualCondition = field(init=False, default_factory=VisualCondition)
 
     FIELDS = ("mat_rgba", "geom_rgba", "light_diffuse", "light_ambient", "cam_pos")
@@ -114,13 +120,19 @@ class SceneEditor:
         m.vis.headlight.diffuse[:] = np.clip(diffuse * gain, 0.0, 1.0)
         m.vis.headlight.ambient[:] = np.clip(ambient * gain, 0.0, 1.0)
         m.cam_pos[:] = o["cam_pos"] + np.asarray(condition.camera_shift)
+        self._update_cameras()
         self.current = condition
 
     def restore(self) -> None:
         for name, value in self._original.items():
             getattr(self.model, name)[:] = value
         self.model.vis.headlight.diffuse[:], self.model.vis.headlight.ambient[:] = self._original_headlight
+        self._update_cameras()
         self.current = VisualCondition()
+
+    def _update_cameras(self) -> None:
+        if self.data is not None:
+            mujoco.mj_camlight(self.model, self.data)  # cam_xpos from the (edited) cam_pos and the body poses
 
     @contextlib.contextmanager
     def applied(self, condition: VisualCondition) -> Iterator["SceneEditor"]:
