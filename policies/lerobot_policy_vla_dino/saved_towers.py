@@ -37,9 +37,9 @@ class SavedTowersMixin:
             return
         towers = Path(save_directory) / TOWERS_DIR
         towers.mkdir(exist_ok=True)
-        backbone.dino.encoder.config.to_json_file(towers / "dino.json")
+        backbone.dino.config.to_json_file(towers / "dino.json")  # model_type picks the tower class on load
         if backbone.siglip is not None:
-            backbone.siglip.model.config.to_json_file(towers / "siglip.json")
+            backbone.siglip.config.to_json_file(towers / "siglip.json")
 
     @classmethod
     def from_pretrained(cls, pretrained_name_or_path: str | Path, *, config: PreTrainedConfig | None = None,

@@ -1,11 +1,21 @@
-"""Fused DINOv2 + SigLIP adapter with OpenVLA's semantics: camera images (+ proprio) → tokens."""
+"""Fused DINOv2 + SigLIP adapter with OpenVLA's semantics (DINOv3 / SigLIP 2 towers too): camera images
+(+ proprio) → tokens."""
 
 from vla_dino.adapter.backbone import FusedBackbone
 from vla_dino.adapter.config import VisionTokenizerConfig
 from vla_dino.adapter.pooling import AttentionPool, Pool2x2
 from vla_dino.adapter.projector import build_projector
 from vla_dino.adapter.tokenizer import VisionTokenizer, VisionTokens
-from vla_dino.adapter.towers import SIGLIP_SIZES, DinoTower, SiglipTower, Tower
+from vla_dino.adapter.towers import (
+    SIGLIP_SIZES,
+    DinoTower,
+    Dinov3Tower,
+    Siglip2Tower,
+    SiglipTower,
+    Tower,
+    load_dino_tower,
+    load_siglip_tower,
+)
 
 __all__ = [
     "VisionTokenizerConfig",
@@ -15,6 +25,10 @@ __all__ = [
     "Tower",
     "DinoTower",
     "SiglipTower",
+    "Dinov3Tower",
+    "Siglip2Tower",
+    "load_dino_tower",
+    "load_siglip_tower",
     "SIGLIP_SIZES",
     "build_projector",
     "Pool2x2",

@@ -1,8 +1,11 @@
-"""`FusedBackbone`: DINOv2 (+ SigLIP) patch features with OpenVLA's semantics.
+"""`FusedBackbone`: DINO (+ SigLIP) patch features with OpenVLA's semantics.
 
 pixels in [0, 1] (or uint8) → per-tower resize + normalisation → raw output of block `layer`
 of each tower → prefix tokens dropped → grids checked equal → channel concatenation.
 OpenVLA's ViT-L/14 reg + SigLIP so400m/14 at 224² gives (B, 256, 1024 + 1152 = 2176).
+The towers may also be DINOv3 ViT and SigLIP 2, chosen from each checkpoint's model_type (see
+`vla_dino.adapter.towers`); the same semantics apply (e.g. DINOv3 ViT-L/16 + SigLIP 2 so400m/16 at
+256² share a 16×16 grid).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vla_dino.adapter.towers import DinoTower, SiglipTower, Tower
+from vla_dino.adapter.towers import DinoTower, Dinov3Tower, Siglip2Tower, SiglipTower, Tower, load_dino_tower, load_siglip_tower
 from vla_dino.encoder import ImagePreprocessor
 
 
@@ -29,8 +32,8 @@ class FusedBackbone(nn.Module):
 
     def __init__(
         self,
-        dino: DinoTower,
-        siglip: SiglipTower | None = None,
+        dino: Tower,
+        siglip: Tower | None = None,
         image_size: int = 224,
         resize_mode: str = "resize",
         layer: int = -2,
@@ -59,8 +62,9 @@ class FusedBackbone(nn.Module):
 
     @classmethod
     def from_sources(cls, dino: str, siglip: str | None = None, **kwargs) -> "FusedBackbone":
-        """Towers from their sources (see `VisionTokenizerConfig.dino` / `.siglip`)."""
-        return cls(DinoTower.load(dino), SiglipTower.load(siglip) if siglip is not None else None, **kwargs)
+        """Towers from their sources (see `VisionTokenizerConfig.dino` / `.siglip`); the tower class
+        follows each checkpoint's model_type (DINOv2 / DINOv3, SigLIP / SigLIP 2)."""
+        return cls(load_dino_tower(dino), load_siglip_tower(siglip) if siglip is not None else None, **kwargs)
 
     @classmethod
     def from_config(cls, config: Any) -> "FusedBackbone":
@@ -80,11 +84,11 @@ class FusedBackbone(nn.Module):
         )
 
     @property
-    def dino(self) -> DinoTower:
+    def dino(self) -> Tower:
         return self.towers[0]
 
     @property
-    def siglip(self) -> SiglipTower | None:
+    def siglip(self) -> Tower | None:
         return self.towers[1] if len(self.towers) > 1 else None
 
     @property
@@ -145,4 +149,4 @@ class FusedBackbone(nn.Module):
         return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
-__all__ = ["FusedBackbone", "Tower", "DinoTower", "SiglipTower"]
+__all__ = ["FusedBackbone", "Tower", "DinoTower", "Dinov3Tower", "SiglipTower", "Siglip2Tower"]

@@ -1,6 +1,18 @@
-"""Vision towers behind one small interface: DINOv2 (`DinoEncoder`) and SigLIP (transformers'
-`SiglipVisionModel`). Each tower knows its normalisation, patch size, blocks and how to return
-the patch tokens of one block (prefix tokens dropped)."""
+"""Vision towers behind one small interface, chosen by the checkpoint's `model_type`:
+
+| field    | model_type                                  | class          | prefix dropped   | mean / std        |
+|----------|---------------------------------------------|----------------|------------------|-------------------|
+| `dino`   | dinov2, dinov2_with_registers, official file | `DinoTower`    | CLS + registers  | ImageNet          |
+| `dino`   | dinov3_vit                                  | `Dinov3Tower`  | CLS + registers  | ImageNet*         |
+| `siglip` | siglip, siglip_vision_model                 | `SiglipTower`  | none             | 0.5 / 0.5         |
+| `siglip` | siglip2, siglip2_vision_model (NaFlex)      | `Siglip2Tower` | none             | 0.5 / 0.5         |
+
+(*) or the `image_mean` / `image_std` of the folder's `preprocessor_config.json` (DINOv3's
+satellite models use their own). Each tower knows its normalisation, patch size, blocks and how to
+return the raw output of one block; the pooling heads (SigLIP's attention pool) never run.
+The fixed-resolution SigLIP 2 checkpoints (`google/siglip2-*-patch16-224` …) are model_type
+"siglip" (SigLIP's architecture) and load as `SiglipTower`.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +22,13 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoConfig, SiglipVisionConfig, SiglipVisionModel
+from transformers import (
+    AutoConfig,
+    DINOv3ViTModel,
+    Siglip2VisionModel,
+    SiglipVisionConfig,
+    SiglipVisionModel,
+)
 
 from vla_dino.encoder import IMAGENET_MEAN, IMAGENET_STD, DinoEncoder
 
@@ -33,7 +51,10 @@ SIGLIP_SIZES: dict[str, dict[str, Any]] = {
         patch_size=14, image_size=56, hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6,
     ),
 }
+_DINOV2_MODEL_TYPES = ("dinov2", "dinov2_with_registers")
+_DINOV3_MODEL_TYPES = ("dinov3_vit",)
 _SIGLIP_MODEL_TYPES = ("siglip", "siglip_vision_model")
+_SIGLIP2_MODEL_TYPES = ("siglip2", "siglip2_vision_model")
 
 
 class Tower(nn.Module):
@@ -69,6 +90,11 @@ class Tower(nn.Module):
         raise NotImplementedError
 
     def save_pretrained(self, directory: Path) -> None:
+        raise NotImplementedError
+
+    @property
+    def config(self) -> Any:
+        """The transformers config (the architecture a policy checkpoint keeps in `towers/`)."""
         raise NotImplementedError
 
     @property
@@ -164,6 +190,10 @@ class DinoTower(Tower):
     def save_pretrained(self, directory: Path) -> None:
         self.encoder.save_pretrained(directory)
 
+    @property
+    def config(self) -> Any:
+        return self.encoder.config
+
 
 class SiglipTower(Tower):
     """SigLIP vision tower; no prefix tokens; the attention-pooling head is never run.
@@ -221,3 +251,202 @@ class SiglipTower(Tower):
 
     def save_pretrained(self, directory: Path) -> None:
         self.model.save_pretrained(directory, safe_serialization=True)
+
+    @property
+    def config(self) -> Any:
+        return self.model.config
+
+
+def _mean_std_from_folder(source: str, default: tuple[tuple[float, ...], tuple[float, ...]]) -> tuple[tuple, tuple]:
+    """`image_mean` / `image_std` of a local folder's `preprocessor_config.json`, else `default`."""
+    path = Path(source) / "preprocessor_config.json"
+    if not path.is_file():
+        return default
+    fields = json.loads(path.read_text())
+    mean, std = fields.get("image_mean"), fields.get("image_std")
+    if mean is None or std is None:
+        return default
+    if len(mean) != 3 or len(std) != 3:
+        raise ValueError(f"{path}: image_mean / image_std must have 3 values; got {mean} / {std}")
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+def _check_local_folder(source: str, what: str) -> None:
+    path = Path(source)
+    if path.is_dir() or source.startswith((".", "/", "~")):
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{what} folder {path} not found or has no config.json")
+
+
+class Dinov3Tower(Tower):
+    """DINOv3 ViT (transformers' `DINOv3ViTModel`, model_type "dinov3_vit"); prefix = CLS + registers.
+
+    Positions are RoPE, computed for each input grid, so any multiple of the patch size (16 for the
+    released models) works without interpolation. transformers jitters / rescales the RoPE
+    coordinates in train mode (DINOv3's pretraining augmentation); a tower always uses the exact
+    coordinates, so features in `train_mode="full"` match inference. Not usable for pretraining
+    with our SSL model (see `DinoEncoder.from_pretrained`).
+    """
+
+    kind = "DINOv3"
+
+    def __init__(self, model: DINOv3ViTModel, mean: tuple = IMAGENET_MEAN, std: tuple = IMAGENET_STD) -> None:
+        super().__init__()
+        self.model = model
+        self.mean, self.std = tuple(mean), tuple(std)
+        # transformers 5.2x nests the blocks under `.model.layer`; earlier 5.x had `.layer`
+        self._blocks = model.layer if hasattr(model, "layer") else model.model.layer
+
+    @classmethod
+    def load(cls, source: str) -> "Dinov3Tower":
+        """A local transformers folder or hub id of a DINOv3 ViT; a `*.json` config = architecture only."""
+        path = Path(source)
+        if path.suffix == ".json":
+            return cls(DINOv3ViTModel(architecture_from_json(path)))
+        _check_local_folder(source, "DINOv3")
+        mean, std = _mean_std_from_folder(source, (IMAGENET_MEAN, IMAGENET_STD))
+        return cls(DINOv3ViTModel.from_pretrained(source), mean, std).float()
+
+    patch_size = property(lambda self: int(self.model.config.patch_size))
+    hidden_size = property(lambda self: int(self.model.config.hidden_size))
+    blocks = property(lambda self: self._blocks)
+    final_norm = property(lambda self: self.model.norm)
+    embeddings = property(lambda self: self.model.embeddings)
+    config = property(lambda self: self.model.config)
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return 1 + int(self.model.config.num_register_tokens)
+
+    @property
+    def native_grid(self) -> tuple[int, int]:
+        side = int(self.model.config.image_size) // self.patch_size
+        return side, side
+
+    def unused_parameters(self) -> list[nn.Parameter]:
+        return [self.model.embeddings.mask_token]  # only used with iBOT masking
+
+    def train(self, mode: bool = True) -> "Dinov3Tower":
+        super().train(mode)
+        self.model.rope_embeddings.eval()  # exact RoPE coordinates (see the class docstring)
+        return self
+
+    def patch_tokens(self, pixels: torch.Tensor, layer: int, final_norm: bool) -> torch.Tensor:
+        index = self.layer_index(layer)
+        hidden = self.embeddings(pixels.to(self.model.embeddings.patch_embeddings.weight.dtype))
+        rope = self.model.rope_embeddings(pixels)
+        for block in self.blocks[: index + 1]:
+            hidden = block(hidden, position_embeddings=rope)
+        if final_norm:
+            hidden = self.final_norm(hidden)
+        return hidden[:, self.num_prefix_tokens :]
+
+    def save_pretrained(self, directory: Path) -> None:
+        self.model.save_pretrained(directory, safe_serialization=True)
+
+
+class Siglip2Tower(Tower):
+    """SigLIP 2 NaFlex vision tower (transformers' `Siglip2VisionModel`, model_type "siglip2").
+
+    NaFlex takes patchified pixels (B, h·w, 3·P·P) plus each image's (h, w); the learned position
+    grid is resized to (h, w) (bilinear, antialiased). We feed the square `image_size` of the
+    adapter, so every image has the same grid, no padding and no attention mask. Patches are
+    flattened as transformers' `Siglip2ImageProcessor` does (row-major patches, (P, P, C) inside).
+    """
+
+    kind = "SigLIP2"
+    mean, std = SIGLIP_MEAN, SIGLIP_STD
+
+    def __init__(self, model: Siglip2VisionModel) -> None:
+        super().__init__()
+        self.model = model
+
+    @classmethod
+    def load(cls, source: str) -> "Siglip2Tower":
+        path = Path(source)
+        if path.suffix == ".json":
+            return cls(Siglip2VisionModel(architecture_from_json(path)))
+        _check_local_folder(source, "SigLIP 2")
+        return cls(Siglip2VisionModel.from_pretrained(source)).float()
+
+    patch_size = property(lambda self: int(self.model.config.patch_size))
+    hidden_size = property(lambda self: int(self.model.config.hidden_size))
+    blocks = property(lambda self: self.model.encoder.layers)
+    final_norm = property(lambda self: self.model.post_layernorm)
+    embeddings = property(lambda self: self.model.embeddings)
+    config = property(lambda self: self.model.config)
+
+    @property
+    def native_grid(self) -> tuple[int, int]:
+        side = int(round(int(self.model.config.num_patches) ** 0.5))
+        return side, side
+
+    def patchify(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, C, H, W) → patches (B, h·w, P·P·C) and spatial shapes (B, 2) = (h, w)."""
+        batch, channels, height, width = pixels.shape
+        p = self.patch_size
+        h, w = height // p, width // p
+        patches = pixels.reshape(batch, channels, h, p, w, p).permute(0, 2, 4, 3, 5, 1).reshape(batch, h * w, -1)
+        shapes = torch.tensor([[h, w]], dtype=torch.long, device=pixels.device).expand(batch, 2)
+        return patches, shapes
+
+    def patch_tokens(self, pixels: torch.Tensor, layer: int, final_norm: bool) -> torch.Tensor:
+        index = self.layer_index(layer)
+        patches, shapes = self.patchify(pixels)
+        hidden = self.embeddings(patches, shapes)
+        for block in self.blocks[: index + 1]:
+            hidden = block(hidden, None)  # no padding: every patch attends to every patch
+        return self.final_norm(hidden) if final_norm else hidden
+
+    def save_pretrained(self, directory: Path) -> None:
+        self.model.save_pretrained(directory, safe_serialization=True)
+
+
+def _model_type(source: str, field: str) -> str | None:
+    """The model_type of a transformers `*.json` config, folder or hub id; None for anything else."""
+    path = Path(source)
+    if path.suffix == ".json":
+        if not path.is_file():
+            raise FileNotFoundError(f"tower architecture file not found: {path}")
+        return json.loads(path.read_text()).get("model_type")
+    if path.suffix in (".pth", ".pt", ".safetensors") and not path.is_dir():
+        return None  # an official DINOv2 checkpoint file
+    _check_local_folder(source, field)
+    return AutoConfig.from_pretrained(source).model_type
+
+
+def load_dino_tower(source: str) -> Tower:
+    """`dino=`: a DinoEncoder size name (random init), an official DINOv2 file, a `vla_dino.export`
+    folder, or a transformers folder / hub id / `*.json` config of DINOv2 or DINOv3 (by model_type)."""
+    from vla_dino.encoder.sizes import size_names
+
+    if source in size_names():
+        return DinoTower.load(source)
+    export = Path(source) / "hf"
+    if Path(source).is_dir() and not (Path(source) / "config.json").is_file() and (export / "config.json").is_file():
+        return DinoTower.load(source)  # our export folder: DinoEncoder reads its hf/ folder
+    model_type = _model_type(source, "DINO")
+    if model_type is None or model_type in _DINOV2_MODEL_TYPES:
+        return DinoTower.load(source)
+    if model_type in _DINOV3_MODEL_TYPES:
+        return Dinov3Tower.load(source)
+    raise ValueError(
+        f"dino={source!r}: model_type {model_type!r} is not a DINO tower; expected one of "
+        f"{list(_DINOV2_MODEL_TYPES + _DINOV3_MODEL_TYPES)}"
+    )
+
+
+def load_siglip_tower(source: str) -> Tower:
+    """`siglip=`: a SigLIP size name (random init) or a transformers folder / hub id / `*.json`
+    config of SigLIP (vision or full model) or SigLIP 2 NaFlex, chosen by model_type."""
+    if source in SIGLIP_SIZES:
+        return SiglipTower.load(source)
+    model_type = _model_type(source, "SigLIP")
+    if model_type in _SIGLIP_MODEL_TYPES:
+        return SiglipTower.load(source)
+    if model_type in _SIGLIP2_MODEL_TYPES:
+        return Siglip2Tower.load(source)
+    raise ValueError(
+        f"siglip={source!r}: model_type {model_type!r} is not SigLIP; expected one of "
+        f"{list(_SIGLIP_MODEL_TYPES + _SIGLIP2_MODEL_TYPES)}"
+    )
