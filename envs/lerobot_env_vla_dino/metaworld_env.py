@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import metaworld
+import mujoco
 import numpy as np
 from gymnasium import spaces
 
@@ -63,7 +64,15 @@ class MetaWorldEnv(ManipulationEnv):
 
     def _reset_sim(self, seed: int) -> None:
         self.sim.seed(seed)
-        self.raw_obs, _ = self.sim.reset()
+        self.sim.reset()
+        # Some tasks' reset_model move bodies through the model (drawer-open-v3 sets
+        # `model.body("drawer").pos` after `_reset_hand`'s last mj_step, metaworld 3.1.1
+        # envs/sawyer_drawer_open_v3.py), so data.xpos and the observation built from it still
+        # show the previous episode until the next step. Recompute the state, then rebuild the
+        # observation the way SawyerXYZEnv.reset lays it out (current obs stacked twice + goal).
+        mujoco.mj_forward(self.sim.model, self.sim.data)
+        self.sim._prev_obs = self.sim._get_curr_obs_combined_no_goal()
+        self.raw_obs = np.asarray(self.sim._get_obs(), dtype=np.float64)
 
     def _step_sim(self, action: np.ndarray) -> tuple[float, bool]:
         self.raw_obs, reward, _, _, info = self.sim.step(np.clip(action, -1.0, 1.0))
