@@ -179,5 +179,7 @@ class PixelFrames:
         pooled = torch.nn.functional.adaptive_avg_pool2d(x, self.pooled_side).flatten(1)
         count, _, height, width = x.shape
         p = self.patch_size
+        if height % p or width % p:
+            raise ValueError(f"encoder {self.name!r}: frames are {height}×{width} px, not a multiple of its patch_size={p}")
         grid = x.reshape(count, 3, height // p, p, width // p, p).permute(0, 2, 4, 1, 3, 5).reshape(count, height // p, width // p, -1)
         return EncodedFrames(pooled.numpy(), grid.numpy(), p)
