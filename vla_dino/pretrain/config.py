@@ -82,6 +82,12 @@ class CollapseConfig:
     min_teacher_entropy: float = 0.1  # nats; near 0 = one prototype wins everywhere
     max_teacher_entropy_fraction: float = 0.99  # of log(K); near 1 = uniform targets
     max_center_norm: float = 100.0
+    # Near-uniform targets the student already matches: entropy above this fraction of log(K) with
+    # the student–teacher KL below `flat_kl` nats, for `persist_checks` checks in a row. Not a
+    # collapse of the features, but the objective then gives the backbone almost no signal.
+    near_uniform_fraction: float = 0.95
+    flat_kl: float = 0.02
+    persist_checks: int = 3
 
 
 @dataclass
@@ -91,6 +97,14 @@ class LogConfig:
     tensorboard: bool = True
     progress_bar: bool = True
     collapse: CollapseConfig = field(default_factory=CollapseConfig)
+    # A frozen probe of the teacher on held-out episodes of the run's own frames (vla_dino.pretrain.probe):
+    # every N steps (0: off). Those episodes are left out of training.
+    probe_every_steps: int = 0
+    probe_holdout_fraction: float = 0.1  # share of the sources (episode × camera) held out, at least one
+    probe_max_frames: int = 256  # held-out frames probed, evenly spaced over the held-out sources
+    probe_window: int = 2  # a retrieval hit: the same episode within ±window frames
+    probe_patience: int = 5  # warn after this many probes without improvement
+    probe_max_drop: float = 0.05  # warn when the probe falls this far below its best
 
 
 @dataclass
@@ -137,6 +151,12 @@ class PretrainConfig:
             (_DEVICE.fullmatch(t.device) is not None, "train.device must be auto|cpu|cuda|cuda:N|mps"),
             (self.log.every_steps > 0, "log.every_steps must be > 0"),
             (self.log.monitor_every_steps > 0, "log.monitor_every_steps must be > 0"),
+            (self.log.probe_every_steps >= 0, "log.probe_every_steps must be >= 0 (0 turns the probe off)"),
+            (0 < self.log.probe_holdout_fraction < 1, "log.probe_holdout_fraction must be in (0, 1)"),
+            (self.log.probe_max_frames >= 2, "log.probe_max_frames must be >= 2"),
+            (self.log.probe_window >= 0, "log.probe_window must be >= 0"),
+            (self.log.probe_patience >= 1, "log.probe_patience must be >= 1"),
+            (self.log.collapse.persist_checks >= 1, "log.collapse.persist_checks must be >= 1"),
             (self.distributed.strategy in ("ddp", "fsdp"), "distributed.strategy must be ddp|fsdp"),
             (self.distributed.backend in ("auto", "nccl", "gloo"), "distributed.backend must be auto|nccl|gloo"),
             (set(self.export.formats) <= {"hf", "official"}, "export.formats may only hold 'hf' and 'official'"),

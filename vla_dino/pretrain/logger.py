@@ -11,17 +11,19 @@ from typing import Any
 
 
 class MetricsLogger:
-    """Appends rows `{"step": int, name: float, …}` to jsonl + csv (+ tensorboard).
+    """Appends rows `{"step": int, name: float, …}` to `<stem>.jsonl` + `<stem>.csv` (+ tensorboard).
 
     On resume from step S, rows after S (logged by the interrupted process after its last
     checkpoint) are dropped first, so the files read as one uninterrupted run.
     """
 
-    def __init__(self, output_dir: str | Path, tensorboard: bool = True, resume_step: int | None = None) -> None:
+    def __init__(
+        self, output_dir: str | Path, tensorboard: bool = True, resume_step: int | None = None, stem: str = "metrics"
+    ) -> None:
         self.output_dir = Path(output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        self.jsonl_path = self.output_dir / "metrics.jsonl"
-        self.csv_path = self.output_dir / "metrics.csv"
+        self.jsonl_path = self.output_dir / f"{stem}.jsonl"
+        self.csv_path = self.output_dir / f"{stem}.csv"
         rows = read_metrics(self.jsonl_path) if resume_step is not None else []
         rows = [row for row in rows if row["step"] <= (resume_step or 0)]
         self._write_all(rows)

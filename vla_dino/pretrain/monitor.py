@@ -15,12 +15,16 @@ class CollapseMonitor:
       (`feature_std` → 0);
     - target collapse: teacher targets become one-hot on one prototype (`teacher_entropy` → 0)
       or uniform over all K prototypes (`teacher_entropy` → log K);
-    plus a runaway centre (`center_norm`) when softmax centering is used.
+    plus a runaway centre (`center_norm`) when softmax centering is used, and near-uniform
+    targets that the student already matches (entropy near log K with a flat student–teacher KL,
+    `dino_kl`) persisting over `persist_checks` checks: no collapse of the features, but the
+    objective then gives the backbone almost no signal.
     """
 
     def __init__(self, config: CollapseConfig, num_prototypes: int) -> None:
         self.config = config
         self.max_entropy = math.log(num_prototypes)
+        self.flat_streak = 0
 
     def check(self, metrics: dict[str, float]) -> list[str]:
         c = self.config
@@ -36,6 +40,15 @@ class CollapseMonitor:
             if entropy > ceiling:
                 problems.append(
                     f"teacher_entropy {entropy:.4g} > {c.max_teacher_entropy_fraction:.2f}·log K = {ceiling:.4g} (targets uniform)"
+                )
+            kl = metrics.get("dino_kl")
+            flat = kl is not None and entropy > c.near_uniform_fraction * self.max_entropy and kl < c.flat_kl
+            self.flat_streak = self.flat_streak + 1 if flat else 0
+            if self.flat_streak == c.persist_checks:
+                problems.append(
+                    f"teacher_entropy {entropy:.4g} > {c.near_uniform_fraction:.2f}·log K with student–teacher KL {kl:.3g} < "
+                    f"{c.flat_kl} nats for {c.persist_checks} checks: near-uniform targets give the backbone almost no "
+                    "signal (sharper ssl.schedules.teacher_temp, fewer ssl.heads.num_prototypes or more varied frames help)"
                 )
         norm = metrics.get("center_norm")
         if norm is not None and norm > c.max_center_norm:

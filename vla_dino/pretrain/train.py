@@ -48,6 +48,7 @@ from vla_dino.pretrain.config import PretrainConfig, dump_config
 from vla_dino.pretrain.errors import ConfigError, DataError, NonFiniteLossError, OutputExistsError, ResumeError
 from vla_dino.pretrain.logger import MetricsLogger, plot_loss_curve
 from vla_dino.pretrain.monitor import CollapseMonitor, NonFiniteGuard
+from vla_dino.pretrain.probe import ProbeFrames, ProbeMonitor, hold_out_sources, load_probe_frames, probe_teacher
 from vla_dino.pretrain.sampler import ResumableBatchSampler
 from vla_dino.pretrain.skips import SkipLog
 from vla_dino.ssl import MultiCropAugmentation, SSLModel
@@ -102,7 +103,7 @@ def _train(config: PretrainConfig, resume: str | None, info: D.DistInfo) -> RunR
 
     # ---------------------------------------------------------------- data
     seed_everything(config.train.seed + info.rank)  # per-rank augmentation streams
-    scan, dataset = open_frames(config, info)
+    scan, dataset, probe_frames = open_frames(config, info)
     sampler = ResumableBatchSampler(len(dataset), config.data.batch_size, config.train.seed, info.rank, info.world_size)
     fingerprint = frame_list_fingerprint(dataset)
     # KoLeo needs a nearest neighbour in the batch: a batch thinned to one frame is unusable.
@@ -158,6 +159,26 @@ def _train(config: PretrainConfig, resume: str | None, info: D.DistInfo) -> RunR
             out, len(dataset), len(dataset.sources), info.world_size, config.data.batch_size, device, precision, step, stop_step,
         )
     monitor = CollapseMonitor(config.log.collapse, num_prototypes=config.ssl.heads.num_prototypes)
+    probe_monitor = ProbeMonitor(patience=config.log.probe_patience, max_drop=config.log.probe_max_drop)
+    if state is not None and state.get("probe_monitor"):
+        probe_monitor.load_state_dict(state["probe_monitor"])
+    probe_logger = None
+    if info.is_main and probe_frames is not None:
+        probe_logger = MetricsLogger(out, tensorboard=config.log.tensorboard, resume_step=step if state is not None else None, stem="probe")
+        log.info("probe: %d held-out frames of %d episode(s) every %d steps (probe.jsonl)", len(probe_frames.pixels),
+                 len(probe_frames.episode.unique()), config.log.probe_every_steps)
+
+    def run_probe(at_step: int) -> None:
+        """Every rank runs the teacher (FSDP shards it); rank 0 logs and warns."""
+        values = probe_teacher(model.teacher_backbone, probe_frames, config.ssl.crops.global_size, config.log.probe_window,
+                               config.train.seed)
+        if probe_logger is None:
+            return
+        probe_logger.log(at_step, values)
+        for problem in probe_monitor.check(at_step, values):
+            message = f"step {at_step}: probe: {problem}"
+            log.warning(message)
+            tqdm.write("WARNING " + message)
     stop_signal = _StopSignal()
     # Skip counters of this process: since the last logged row, and since the process started.
     skipped_since_log, skipped_here, empty_here = 0, 0, 0
@@ -195,6 +216,7 @@ def _train(config: PretrainConfig, resume: str | None, info: D.DistInfo) -> RunR
             "scaler": scaler.state_dict() if scaler.is_enabled() else {},
             "rng": rng,
             "nonfinite_streak": guard.streak,
+            "probe_monitor": probe_monitor.state_dict(),
             "teacher_prefix": teacher_prefix,
             "encoder_config": model.teacher_backbone.config.to_json_string(),
             "config": config.to_dict(),
@@ -216,6 +238,8 @@ def _train(config: PretrainConfig, resume: str | None, info: D.DistInfo) -> RunR
     stopped_by, last_saved = "finished", None
     empty_streak = 0
     model.train()
+    if probe_frames is not None and state is None:
+        run_probe(0)  # the starting point (random init or the checkpoint) for the probe curve
     try:
         while step < stop_step:
             t0 = time.perf_counter()
@@ -302,6 +326,8 @@ def _train(config: PretrainConfig, resume: str | None, info: D.DistInfo) -> RunR
                     message = f"step {step}: possible collapse: {problem}"
                     log.warning(message)
                     tqdm.write("WARNING " + message)
+            if probe_frames is not None and (step % config.log.probe_every_steps == 0 or step == stop_step):
+                run_probe(step)
 
             # ------------------------------------------------------------ checkpoints and stops
             if guard.should_stop:
@@ -332,6 +358,8 @@ def _train(config: PretrainConfig, resume: str | None, info: D.DistInfo) -> RunR
                        skipped_samples_total=skipped_base + skipped_run)
     if info.is_main:
         logger.close()
+        if probe_logger is not None:
+            probe_logger.close()
         plot_loss_curve(logger.jsonl_path, out / "loss_curve.png")
         summary = "\n".join(f"[rank {r}] {text}" if info.distributed else text for r, text in enumerate(summaries))
         skip_log.end_session(step, summary)
@@ -349,9 +377,10 @@ def _train(config: PretrainConfig, resume: str | None, info: D.DistInfo) -> RunR
 
 
 # -------------------------------------------------------------------- data
-def open_frames(config: PretrainConfig, info: D.DistInfo) -> tuple[ScanResult, FrameDataset]:
-    """Discovery, the start-up scan and the dataset; DataError (with the numbers) when the frames
-    cannot fill one global batch, before any model is built."""
+def open_frames(config: PretrainConfig, info: D.DistInfo) -> tuple[ScanResult, FrameDataset, ProbeFrames | None]:
+    """Discovery, the start-up scan, the training dataset and (with `log.probe_every_steps`) the
+    probe's held-out frames, whose episodes are left out of training; DataError (with the
+    numbers) when the frames cannot fill one global batch, before any model is built."""
     data = config.data
     try:
         sources = discover_sources(data.frames, cameras=data.cameras)
@@ -365,9 +394,17 @@ def open_frames(config: PretrainConfig, info: D.DistInfo) -> tuple[ScanResult, F
             f"no readable frames in --frames {', '.join(data.frames)}: {len(scan.unreadable)} file(s)/source(s) found, "
             f"none readable (first: {first})"
         )
+    train_sources, probe_frames = scan.sources, None
+    if config.log.probe_every_steps > 0:
+        try:
+            train_sources, held_out = hold_out_sources(scan.sources, config.log.probe_holdout_fraction, config.train.seed)
+        except ValueError as error:
+            raise ConfigError(str(error)) from error
+        held = FrameDataset(held_out, frame_size=data.frame_size, min_frame_side=data.min_frame_side)
+        probe_frames = load_probe_frames(held, config.log.probe_max_frames)
     try:
         dataset = FrameDataset(
-            scan.sources + scan.unreadable_sources,
+            train_sources + scan.unreadable_sources,
             frame_size=data.frame_size,
             stride=data.stride,
             neighbor_offset=data.neighbor_offset,
@@ -386,7 +423,7 @@ def open_frames(config: PretrainConfig, info: D.DistInfo) -> tuple[ScanResult, F
             f"({len(scan.unreadable)} unreadable file(s) left out), but one step takes data.batch_size "
             f"{data.batch_size} × {info.world_size} process(es) = {needed}; {advice}"
         )
-    return scan, dataset
+    return scan, dataset, probe_frames
 
 
 def frame_list_fingerprint(dataset: FrameDataset) -> str:

@@ -176,6 +176,14 @@ class SSLModel(nn.Module):
             entropy = -(dino_targets * torch.log(dino_targets.clamp(min=1e-12))).sum(dim=-1).mean()
             normed = nn.functional.normalize(student.global_cls.detach().float(), dim=-1)
             metrics["teacher_entropy"] = entropy
+            # KL(teacher ‖ student) of the global crops: their mean CE (global part × terms / 2) minus the
+            # targets' entropy; ≈ 0 with near-uniform targets means the backbone gets almost no signal
+            terms = 2 * batch.num_local + 2
+            metrics["dino_kl"] = dino_global.detach() * terms / 2 - entropy
+            # entropy of the batch-mean target: high with a sharp teacher that uses many prototypes,
+            # low when one prototype wins everywhere
+            mean_target = dino_targets.float().mean(dim=0)
+            metrics["teacher_batch_entropy"] = -(mean_target * torch.log(mean_target.clamp(min=1e-12))).sum()
             metrics["center_norm"] = self.dino_targets.center_norm().to(entropy.device)
             metrics["feature_std"] = normed.std(dim=0).mean()
             metrics["teacher_temp"] = entropy.new_tensor(temperature)

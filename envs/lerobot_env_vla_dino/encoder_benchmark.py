@@ -1,0 +1,294 @@
+"""Encoder benchmark: frozen-feature probes that tell encoders apart, beside their baselines.
+
+    python -m lerobot_env_vla_dino.encoder_benchmark \\
+        --encoders='[dino:runs/my_run/export/hf]' --out_dir=outputs/encoder_benchmark
+
+On expert rollouts of a Meta-World task rendered under the benchmark's visual conditions
+(`visual.BENCHMARK_CONDITIONS`: clean, two lighting changes, two colour changes, a camera shift;
+MuJoCo model edits, not image filters), for every encoder named and its baselines:
+
+- **state**: few-label ridge probes from pooled features (DINO: [CLS, mean patch]) to the
+  simulator state (hand, object, goal positions that vary), at each label budget, mean ± spread
+  over label draws, R² on held-out episodes;
+- **dense**: linear per-patch probes of depth (RMSE, m) and segmentation (robot / object /
+  other / background, mIoU) from the frozen patch tokens, labels from MuJoCo's depth and
+  segmentation renders;
+- each under three splits: `clean` (fit and test on clean episodes), `across` (fit on episodes of
+  every condition, test on held-out episodes of every condition) and `heldout` (fit on clean
+  episodes, test on the other conditions).
+
+Baselines always in the table: random init of each DINO encoder's architecture (`random_seeds`
+seeds, shown as a range) and raw pixels (12×12 frame for state; each patch's pixels for dense).
+Encoder specs: `dino:<source>` (a `vla_dino.export` folder, a transformers folder, a hub id, an
+official file), `vit:<size>` (random init of a named size, `@seedN` for the seed), `pixels`.
+Writes `report.md`, `results.json` and `probes.png` (R² vs labels, per split) to `out_dir`.
+Frozen-encoder behaviour cloning is `lerobot_env_vla_dino.frozen_benchmark`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import draccus
+import numpy as np
+import torch
+
+from lerobot_env_vla_dino.encoder_probes import DinoFrames, EncodedFrames, PixelFrames, Spread, dense_probes, few_label_r2
+from lerobot_env_vla_dino.scene_data import SceneData, collect_scenes
+from lerobot_env_vla_dino.visual import BENCHMARK_CONDITIONS, SEGMENT_CLASSES, condition_table, patch_targets
+
+SPLITS = ("clean", "across", "heldout")
+STATE_VARIABLES = ("hand_pos", "obj_pos", "goal_pos")
+
+
+@dataclass
+class EncoderBenchmarkConfig:
+    encoders: list[str] = field(default_factory=lambda: ["vit:small-test"])  # see the module docstring
+    task: str = "button-press-topdown-v3"  # a Meta-World v3 task (depth/segmentation renders need MuJoCo)
+    scenes: str | None = None  # a folder written by scene_data; None: collected into out_dir/scenes
+    num_episodes: int = 72  # benchmark episodes, cycled over the conditions (12 per condition)
+    image_size: int = 56  # rendered frames = encoder input side (multiple of every encoder's patch size)
+    frame_stride: int = 2
+    episode_seed: int = 1000  # benchmark episodes use seeds from here (keep them apart from pretraining data)
+    budgets: list[int] = field(default_factory=lambda: [25, 50, 200])  # labelled frames for state probes
+    dense_budgets: list[int] = field(default_factory=lambda: [10, 50])  # labelled frames (all their patches) for dense probes
+    draws: int = 5  # label draws per budget
+    random_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # random-init baselines per DINO architecture
+    pixel_patch: int = 7  # patch side of the raw-pixel dense baseline
+    include_pixels: bool = True
+    device: str = "cpu"
+    out_dir: str = "outputs/encoder_benchmark"
+    seed: int = 0
+
+
+# ---------------------------------------------------------------- encoders
+def _seeded(spec: str) -> tuple[str, int | None]:
+    base, _, seed = spec.partition("@seed")
+    if seed and not seed.isdigit():
+        raise ValueError(f"encoder spec {spec!r}: expected '@seed<N>' with an integer N")
+    return base, int(seed) if seed else None
+
+
+def build_encoder(spec: str, device: str = "cpu") -> DinoFrames | PixelFrames:
+    """One encoder spec → a frame encoder (see the module docstring for the forms)."""
+    from vla_dino.encoder import DinoEncoder
+
+    base, seed = _seeded(spec)
+    kind, _, source = base.partition(":")
+    if kind == "pixels" and not source:
+        return PixelFrames(patch_size=7, name=spec)
+    if kind == "vit" and source:
+        torch.manual_seed(0 if seed is None else seed)
+        return DinoFrames(DinoEncoder.from_size(source).to(device), spec)
+    if kind == "dino" and source:
+        encoder = DinoEncoder.from_pretrained(source)
+        if seed is not None:  # random init of the same architecture
+            torch.manual_seed(seed)
+            encoder = DinoEncoder(copy.deepcopy(encoder.config))
+        return DinoFrames(encoder.to(device), spec)
+    raise ValueError(f"encoder spec {spec!r}; expected dino:<source>, vit:<size>[@seedN] or pixels")
+
+
+def baseline_specs(specs: list[str], random_seeds: list[int], include_pixels: bool) -> list[tuple[str, str]]:
+    """(spec, group) for every encoder and its baselines; the group names the table row."""
+    rows: list[tuple[str, str]] = []
+    for spec in specs:
+        rows.append((spec, spec))
+        base, seed = _seeded(spec)
+        if base.startswith("dino:") and seed is None:
+            rows += [(f"{base}@seed{s}", f"random init of {base.removeprefix('dino:')}") for s in random_seeds]
+    if include_pixels and "pixels" not in specs:
+        rows.append(("pixels", "pixels"))
+    return rows
+
+
+# ---------------------------------------------------------------- splits
+def split_rows(scenes: SceneData) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(train rows, test rows) per split; within each condition, alternate episodes are held out."""
+    clean = next(i for i, c in enumerate(scenes.conditions) if c.is_clean)
+    held = np.zeros(len(scenes), dtype=bool)
+    for condition in np.unique(scenes.condition):
+        episodes = np.unique(scenes.episode[scenes.condition == condition])
+        held |= np.isin(scenes.episode, episodes[1::2])
+    is_clean = scenes.condition == clean
+    rows = lambda mask: np.flatnonzero(mask)  # noqa: E731
+    splits = {
+        "clean": (rows(is_clean & ~held), rows(is_clean & held)),
+        "across": (rows(~held), rows(held)),
+        "heldout": (rows(is_clean & ~held), rows(~is_clean & held)),
+    }
+    if len(scenes.conditions) < 2:
+        splits = {"clean": splits["clean"]}
+    return splits
+
+
+# ---------------------------------------------------------------- one encoder
+@dataclass
+class EncoderScores:
+    spec: str
+    group: str
+    feature_dim: int
+    state: dict[str, dict[int, Spread]]  # split → budget → mean R² over state variables
+    dense: dict[str, dict[int, dict[str, Spread]]]  # split → budget → {depth_rmse, depth_r2, segmentation_miou}
+    seconds: float
+
+
+def evaluate_encoder(
+    encoded: EncodedFrames, scenes: SceneData, splits: dict[str, tuple[np.ndarray, np.ndarray]],
+    config: EncoderBenchmarkConfig, spec: str, group: str,
+) -> EncoderScores:
+    start = time.perf_counter()
+    variables = [v for v in STATE_VARIABLES if v in scenes.states and np.ptp(scenes.states[v], axis=0).max() > 1e-6]
+    state: dict[str, dict[int, Spread]] = {}
+    dense: dict[str, dict[int, dict[str, Spread]]] = {}
+    if encoded.patches is not None:
+        depth, classes = patch_targets(scenes.depth, scenes.segmentation, encoded.patch_size)
+    for split, (train, test) in splits.items():
+        state[split] = {}
+        for budget in config.budgets:
+            per_variable = [
+                few_label_r2(encoded.pooled, scenes.states[v], train, test, budget, config.draws, config.seed)
+                for v in variables
+            ]
+            state[split][budget] = Spread.of(list(np.mean([s.values for s in per_variable], axis=0)))
+        if encoded.patches is None:
+            continue
+        dense[split] = {}
+        for budget in config.dense_budgets:
+            scores = dense_probes(
+                encoded.patches, depth, classes, len(SEGMENT_CLASSES), train, test, budget, min(config.draws, 3), config.seed
+            )
+            dense[split][budget] = {k: v for k, v in vars(scores).items()}
+    return EncoderScores(spec, group, int(encoded.pooled.shape[1]), state, dense, time.perf_counter() - start)
+
+
+def check_budgets(config: EncoderBenchmarkConfig, splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    smallest = min(len(train) for train, _ in splits.values())
+    too_big = [b for b in [*config.budgets, *config.dense_budgets] if b > smallest]
+    if too_big:
+        raise ValueError(
+            f"--budgets/--dense_budgets {too_big} exceed the {smallest} training frames of the smallest split; "
+            f"lower them or raise --num_episodes ({config.num_episodes})"
+        )
+
+
+# ---------------------------------------------------------------- report
+def _cell(values: list[Spread], higher_is_better: bool = True) -> str:
+    """One encoder: mean ± spread over draws; a baseline group over seeds: min–max of the seed means."""
+    if len(values) == 1:
+        return f"{values[0].mean:.3f} ± {values[0].std:.3f}"
+    means = [v.mean for v in values]
+    return f"{min(means):.3f}–{max(means):.3f}"
+
+
+def markdown_tables(results: list[EncoderScores], config: EncoderBenchmarkConfig) -> str:
+    groups = list(dict.fromkeys(r.group for r in results))
+    by_group = {g: [r for r in results if r.group == g] for g in groups}
+    splits = list(results[0].state)
+    lines = ["### State probes: mean R² over " + ", ".join(STATE_VARIABLES) + " (held-out episodes; higher is better)", ""]
+    header = [f"{s} @{b}" for s in splits for b in config.budgets]
+    lines += ["| encoder | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
+    for group, rows in by_group.items():
+        cells = [_cell([r.state[s][b] for r in rows]) for s in splits for b in config.budgets]
+        lines.append(f"| {group} | " + " | ".join(cells) + " |")
+    dense_rows = {g: [r for r in rows if r.dense] for g, rows in by_group.items()}
+    if any(dense_rows.values()):
+        for metric, title in (("segmentation_miou", "Segmentation mIoU (higher is better)"), ("depth_rmse", "Depth RMSE in m (lower is better)")):
+            lines += ["", f"### Dense probes: {title}", ""]
+            header = [f"{s} @{b}" for s in splits for b in config.dense_budgets]
+            lines += ["| encoder | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
+            for group, rows in dense_rows.items():
+                if rows:
+                    cells = [_cell([r.dense[s][b][metric] for r in rows]) for s in splits for b in config.dense_budgets]
+                    lines.append(f"| {group} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(results: list[EncoderScores], config: EncoderBenchmarkConfig, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    splits = list(results[0].state)
+    figure, axes = plt.subplots(1, len(splits), figsize=(4.2 * len(splits), 3.4), squeeze=False)
+    groups = list(dict.fromkeys(r.group for r in results))
+    for ax, split in zip(axes[0], splits):
+        for group in groups:
+            rows = [r for r in results if r.group == group]
+            means = np.array([[r.state[split][b].mean for b in config.budgets] for r in rows])
+            line = ax.plot(config.budgets, means.mean(0), marker="o", label=group[:40])[0]
+            if len(rows) > 1:
+                ax.fill_between(config.budgets, means.min(0), means.max(0), color=line.get_color(), alpha=0.2)
+        ax.set_xscale("log")
+        ax.set_xlabel("labelled frames")
+        ax.set_title(f"state R², {split}")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("mean R² (held-out episodes)")
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def load_or_collect_scenes(config: EncoderBenchmarkConfig) -> SceneData:
+    if config.scenes:
+        return SceneData.load(config.scenes)
+    folder = Path(config.out_dir) / "scenes"
+    if (folder / "scene.npz").is_file():
+        scenes = SceneData.load(folder)
+        if scenes.task == config.task and scenes.images.shape[1] == config.image_size:
+            return scenes
+    scenes = collect_scenes(
+        config.task, config.num_episodes, list(BENCHMARK_CONDITIONS.values()), image_size=config.image_size,
+        seed=config.episode_seed, frame_stride=config.frame_stride,
+    )
+    scenes.save(folder)
+    return scenes
+
+
+def run_encoder_benchmark(config: EncoderBenchmarkConfig) -> list[EncoderScores]:
+    out = Path(config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    specs = baseline_specs(config.encoders, config.random_seeds, config.include_pixels)
+    encoders = {spec: build_encoder(spec, config.device) for spec, _ in specs}  # bad specs fail before any work
+    scenes = load_or_collect_scenes(config)
+    splits = split_rows(scenes)
+    check_budgets(config, splits)
+    results = []
+    for spec, group in specs:
+        encoded = encoders[spec](scenes.images)
+        results.append(evaluate_encoder(encoded, scenes, splits, config, spec, group))
+        best = results[-1].state["clean"][config.budgets[-1]]
+        print(f"{spec:>50}: clean state R² @{config.budgets[-1]} = {best.mean:.3f}", flush=True)
+    (out / "results.json").write_text(json.dumps([asdict(r) for r in results], indent=2))
+    plot(results, config, out / "probes.png")
+    report = [
+        f"# Encoder benchmark: {scenes.task}, {len(scenes)} frames of {len(np.unique(scenes.episode))} episodes",
+        "",
+        "Frozen features, linear probes, held-out episodes. Single encoders: mean ± std over "
+        f"{config.draws} label draws; random-init baselines: range of the seed means over seeds {config.random_seeds}. "
+        "Splits: clean (fit/test clean), across (fit/test every condition), heldout (fit clean, test the changed conditions).",
+        "",
+        markdown_tables(results, config),
+        "",
+        "![state probes](probes.png)",
+        "",
+        "### Visual conditions (MuJoCo model edits)",
+        "",
+        condition_table(scenes.conditions),
+        "",
+        f"Settings: `{config}`",
+    ]
+    (out / "report.md").write_text("\n".join(report) + "\n")
+    return results
+
+
+if __name__ == "__main__":
+    run_encoder_benchmark(draccus.parse(EncoderBenchmarkConfig))
