@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import draccus
 import gymnasium as gym
@@ -24,6 +24,9 @@ from tqdm import tqdm
 
 import lerobot_env_vla_dino  # noqa: F401  (registers the env ids)
 from lerobot_env_vla_dino.experts import make_expert
+
+if TYPE_CHECKING:
+    from lerobot_env_vla_dino.visual import SceneEditor, VisualCondition
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +43,19 @@ def make_env(
     if cameras is not None:
         kwargs["cameras"] = tuple(cameras)
     return gym.make(env_id, **kwargs)
+
+
+def scene_editor(env: gym.Env) -> "SceneEditor":
+    """A `visual.SceneEditor` on a MuJoCo env's model and data (Meta-World, Fetch); others are an error."""
+    from lerobot_env_vla_dino.common import MujocoCameras
+    from lerobot_env_vla_dino.visual import SceneEditor
+
+    base = env.unwrapped
+    cameras = getattr(base, "cameras", None)
+    if not isinstance(cameras, MujocoCameras):
+        name = env.spec.id if env.spec is not None else type(base).__name__
+        raise ValueError(f"{name} has no MuJoCo model: visual conditions are MuJoCo model edits (use a Meta-World task)")
+    return SceneEditor(cameras.model, getattr(getattr(base, "sim", None), "data", None))
 
 
 def dataset_features(env: gym.Env, use_videos: bool) -> dict[str, dict]:
@@ -89,8 +105,12 @@ def collect_demos(
     max_steps: int | None = None,
     cameras: Sequence[str] | None = None,
     max_attempts: int | None = None,
+    conditions: Sequence["VisualCondition"] | None = None,
 ) -> Path:
     """Roll out the scripted expert for `num_episodes` kept episodes and write them to `root`.
+
+    `conditions` (`visual.VisualCondition`s, MuJoCo envs only): attempt k runs under
+    `conditions[k % len(conditions)]`, applied to the scene with `visual.SceneEditor` before its reset.
 
     With `drop_failures`, failed episodes are discarded and further seeds tried, up to
     `max_attempts` (default 3 × num_episodes) rollouts; fewer episodes than asked is an error.
@@ -103,6 +123,7 @@ def collect_demos(
         raise FileExistsError(f"dataset root {root} already exists; pick a new --root (LeRobotDataset.create needs one)")
     env = make_env(env_id, image_size=image_size, cameras=cameras)
     max_steps = max_steps or env.spec.max_episode_steps
+    editor = scene_editor(env) if conditions and not all(c.is_clean for c in conditions) else None
     expert = make_expert(env)
     task = env.unwrapped.task_description
     env.reset(seed=seed)  # the state's names and shapes come from a live episode
@@ -116,6 +137,8 @@ def collect_demos(
     try:
         while kept < num_episodes and attempts < max_attempts:
             episode_seed = seed + attempts
+            if editor is not None:
+                editor.apply(conditions[attempts % len(conditions)])
             attempts += 1
             obs, info = env.reset(seed=episode_seed)
             expert.reset()

@@ -145,6 +145,12 @@ class CallableRunner:
         return np.stack([np.asarray(self.fn(obs), dtype=np.float32) for obs in singles])
 
 
+def _set_up(env: gym.Env, env_setup: Callable[[gym.Env], Any] | None) -> gym.Env:
+    if env_setup is not None:
+        env_setup(env)
+    return env
+
+
 def _index(tree: Any, i: int) -> Any:
     return {k: _index(v, i) for k, v in tree.items()} if isinstance(tree, dict) else tree[i]
 
@@ -176,8 +182,13 @@ def evaluate(
     async_envs: bool = False,
     env_kwargs: dict | None = None,
     device: str | None = None,
+    env_setup: Callable[[gym.Env], Any] | None = None,
 ) -> EvalResult:
     """Runs `num_episodes` episodes (episode k: env seed `seed + k`) and summarises them.
+
+    `env_setup(env)` is called once on every env the evaluation creates, before its first reset
+    (e.g. `frozen_benchmark.ApplyCondition`, a visual change of the scene); with `async_envs` it
+    must be picklable.
 
     Return is the sum of rewards until the episode ends (success, with termination on success, or
     `max_steps`, default the env's registered limit). Writes `eval_result.json` and
@@ -194,7 +205,7 @@ def evaluate(
     first_camera = probe.unwrapped.camera_names[0]
     probe.close()
     num_envs = min(num_envs, num_episodes)
-    factories = [lambda: make_env(env_id, **env_kwargs) for _ in range(num_envs)]
+    factories = [lambda: _set_up(make_env(env_id, **env_kwargs), env_setup) for _ in range(num_envs)]
     vector_cls = gym.vector.AsyncVectorEnv if async_envs and num_envs > 1 else gym.vector.SyncVectorEnv
     envs = vector_cls(factories, autoreset_mode=AutoresetMode.NEXT_STEP)
 

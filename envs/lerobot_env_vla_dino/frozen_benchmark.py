@@ -1,19 +1,24 @@
-"""Frozen-encoder benchmark in the CortexBench (VC-1) manner.
+"""Frozen-encoder benchmark in the CortexBench (VC-1) manner, with visual changes made in the simulator.
 
 Per task: K expert demos (`collect_demos`), a behaviour-cloning MLP head (256, 256, 256) trained
 with MSE on [frozen features of the last `history` frames, agent_pos] → action, then M seeded
-evaluation rollouts (`evaluate`) → success rate. The comparison baseline is a ResNet-18 trained
-from scratch end-to-end with the same head (as LeRobot's ACT/Diffusion image backbones, here
-without ImageNet weights).
+evaluation rollouts (`evaluate`) → success rate with a 95 % Wilson interval, once per evaluation
+condition (`visual.BENCHMARK_CONDITIONS`: lighting, material colours, camera pose, applied as
+MuJoCo model edits to every evaluation env; Meta-World only — PushT is pymunk and runs clean).
+Training demos can themselves be under varied conditions (`demo_varied_fraction`). Defaults are
+CortexBench's: 25 demos, 25 evaluation episodes, 3-frame history.
 
 Encoder specs (strings, so the CLI can list them):
-- `vit:<size>`            random-init DinoEncoder of a named size (e.g. `vit:small-test`, `vit:vits14`)
+- `vit:<size>[@seed<N>]`  random-init DinoEncoder of a named size (e.g. `vit:small-test@seed1`);
+                          the init is seeded (N, default the run's `seed`), so seeds are baselines
 - `dino:<source>`         DinoEncoder.from_pretrained(source): a `python -m vla_dino.pretrain` export,
                           a transformers folder, a hub id or an official checkpoint file
+- `pixels[:<side>]`       raw pixels, area-averaged to side × side (default 12) and flattened
 - `adapter:<dino>+<siglip>` the fused `vla_dino.adapter.VisionTokenizer` (DINO + SigLIP towers,
                           OpenVLA's second-to-last-layer features, no projector), tokens mean-pooled
 - `adapter_dir:<folder>`  a saved VisionTokenizer, tokens mean-pooled
 - `resnet18_scratch`      torchvision ResNet-18, random init, trained end-to-end with the head
+                          (as LeRobot's ACT/Diffusion image backbones, here without ImageNet weights)
 DINO features are [CLS, mean patch token] of the last layer.
 """
 
@@ -31,10 +36,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from lerobot_env_vla_dino.collect import collect_demos
+from lerobot_env_vla_dino.collect import collect_demos, make_env, scene_editor
 from lerobot_env_vla_dino.evaluate import evaluate, wilson_interval
 from lerobot_env_vla_dino.probes import encoder_features, load_frames
 from lerobot_env_vla_dino.registration import metaworld_id
+from lerobot_env_vla_dino.scene_data import episode_conditions
+from lerobot_env_vla_dino.visual import BENCHMARK_CONDITIONS, VisualCondition
 
 logger = logging.getLogger(__name__)
 HIDDEN = (256, 256, 256)  # CortexBench's BC head
@@ -60,37 +67,86 @@ def history_indices(episodes: np.ndarray, history: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- encoders
-class FrozenEncoder:
-    """uint8 (N, H, W, 3) → (N, D) features from a frozen model."""
+ENCODER_SPECS = "vit:<size>[@seed<N>], dino:<source>, pixels[:<side>], adapter:<dino>+<siglip>, adapter_dir:<folder>, resnet18_scratch"
+PIXEL_SIDE = 12  # raw-pixel baseline: frames area-averaged to 12 × 12 (DESIGN.md §8)
 
-    def __init__(self, spec: str, image_size: int, device: str) -> None:
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    kind: str  # vit, dino, pixels, adapter, adapter_dir, resnet18_scratch
+    source: str = ""
+    seed: int | None = None  # vit: the random init's seed
+
+    @classmethod
+    def parse(cls, spec: str) -> "EncoderSpec":
+        """`vit:small-test@seed1` → EncoderSpec('vit', 'small-test', 1); an unknown spec is an error naming --encoders."""
+        kind, _, source = spec.partition(":")
+        bad = ValueError(f"--encoders: {spec!r} is not an encoder spec; expected one of {ENCODER_SPECS}")
+        if kind == "resnet18_scratch" and not source:
+            return cls(kind)
+        if kind == "pixels":
+            if source and not (source.isdigit() and int(source) >= 1):
+                raise bad
+            return cls(kind, source or str(PIXEL_SIDE))
+        if kind == "vit" and source:
+            size, at, seed = source.partition("@")
+            if at and not (seed.startswith("seed") and seed[4:].isdigit()):
+                raise ValueError(f"--encoders: {spec!r}: the seed is written @seed<N>, e.g. vit:{size}@seed1")
+            return cls(kind, size, int(seed[4:]) if at else None)
+        if kind in ("dino", "adapter", "adapter_dir") and source:
+            return cls(kind, source)
+        raise bad
+
+    @property
+    def base(self) -> str:
+        """The spec without its seed (what seeds of one random init share)."""
+        return f"{self.kind}:{self.source}" if self.source else self.kind
+
+
+def pixel_features(images: np.ndarray, side: int = PIXEL_SIDE) -> np.ndarray:
+    """uint8 (N, H, W, 3) → (N, 3·side²) frames area-averaged to side × side, in [0, 1]."""
+    pixels = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
+    return nn.functional.adaptive_avg_pool2d(pixels, side).flatten(1).numpy()
+
+
+class FrozenEncoder:
+    """uint8 (N, H, W, 3) → (N, D) features from a frozen model (or raw pixels)."""
+
+    def __init__(self, spec: str, image_size: int, device: str, default_seed: int = 0) -> None:
         from vla_dino.encoder import DinoEncoder
 
-        kind, _, source = spec.partition(":")
-        self.spec, self.device = spec, device
-        if kind == "vit":
-            self.model: Any = DinoEncoder.from_size(source, image_size=image_size)
-        elif kind == "dino":
-            self.model = DinoEncoder.from_pretrained(source)
-        elif kind in ("adapter", "adapter_dir"):
+        parsed = EncoderSpec.parse(spec)
+        self.spec, self.device, self.image_size = spec, device, image_size
+        self.model: Any = None
+        if parsed.kind == "resnet18_scratch":
+            raise ValueError("resnet18_scratch is trained end to end, not a frozen encoder; use ResNetEncoder")
+        if parsed.kind == "pixels":
+            self.pixel_side = int(parsed.source)
+            return
+        if parsed.kind == "vit":
+            with torch.random.fork_rng(devices=[]):  # the init depends on the seed only, not on what ran before
+                torch.manual_seed(default_seed if parsed.seed is None else parsed.seed)
+                self.model = DinoEncoder.from_size(parsed.source, image_size=image_size)
+        elif parsed.kind == "dino":
+            self.model = DinoEncoder.from_pretrained(parsed.source)
+        else:
             from vla_dino.adapter import VisionTokenizer, VisionTokenizerConfig
 
-            if kind == "adapter_dir":
-                self.model = VisionTokenizer.from_pretrained(source, train_mode="frozen")
+            if parsed.kind == "adapter_dir":
+                self.model = VisionTokenizer.from_pretrained(parsed.source, train_mode="frozen")
             else:
-                dino, _, siglip = source.partition("+")
+                dino, _, siglip = parsed.source.partition("+")
                 self.model = VisionTokenizer(
                     VisionTokenizerConfig(dino=dino, siglip=siglip or None, image_size=image_size, projector="none")
                 )
-        else:
-            raise ValueError(f"encoder spec {spec!r}; expected vit:<size>, dino:<source>, adapter:<dino>+<siglip>, adapter_dir:<folder>")
         self.model = self.model.to(device).eval()
-        self.image_size = image_size
 
     @torch.no_grad()
     def __call__(self, images: np.ndarray) -> np.ndarray:
         from vla_dino.encoder import DinoEncoder
 
+        if self.model is None:
+            return pixel_features(images, self.pixel_side)
         if isinstance(self.model, DinoEncoder):
             return encoder_features(self.model, images, image_size=self.image_size)
         pixels = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).to(self.device)
@@ -216,22 +272,41 @@ class RolloutPolicy:
 
 # ---------------------------------------------------------------- the benchmark
 @dataclass
+class ApplyCondition:
+    """`evaluate`'s env_setup: puts an evaluation env's scene under `condition` for all its episodes
+    (a MuJoCo model edit that resets do not undo). Picklable, so async vector envs can use it."""
+
+    condition: VisualCondition
+
+    def __call__(self, env: Any) -> None:
+        scene_editor(env).apply(self.condition)
+
+
+@dataclass
 class FrozenBenchmarkConfig:
     tasks: list[str] = field(default_factory=lambda: ["reach-v3", "push-v3"])  # Meta-World names or env ids
-    encoders: list[str] = field(default_factory=lambda: ["vit:small-test", "resnet18_scratch"])
-    num_demos: int = 10  # K demos per task
-    num_eval: int = 10  # M evaluation episodes per task
+    encoders: list[str] = field(  # see the module docstring; random init of one architecture over 3 seeds
+        default_factory=lambda: [
+            "vit:small-test@seed0", "vit:small-test@seed1", "vit:small-test@seed2", "pixels", "resnet18_scratch",
+        ]
+    )
+    eval_conditions: list[str] = field(default_factory=lambda: ["clean"])  # names in visual.BENCHMARK_CONDITIONS
+    demo_varied_fraction: float = 0.0  # fraction of demo episodes under a random light/colour change (Meta-World)
+    num_demos: int = 25  # K demos per task (CortexBench: 25)
+    num_eval: int = 25  # M evaluation episodes per task and condition (CortexBench: 25)
     image_size: int = 64  # rendered frames
     encoder_image_size: int = 56  # ViT input (multiple of 14); the ResNet sees the same size
-    history: int = 1  # frames per decision (CortexBench uses 3)
+    history: int = 3  # frames per decision (CortexBench: 3)
     epochs: int = 200  # BC epochs on frozen features
     scratch_epochs: int = 30  # end-to-end ResNet epochs (each one runs the CNN on every frame)
     batch_size: int = 64
     lr: float = 1e-3
     scratch_lr: float = 3e-4
     max_steps: int = 150  # per evaluation episode
+    demo_max_steps: int | None = None  # per demo episode (None: the env's limit)
+    keep_failed_demos: bool = False  # keep expert episodes that fail (for tiny smoke runs)
     eval_seed: int = 1000  # evaluation seeds start here; demo seeds start at 0
-    seed: int = 0
+    seed: int = 0  # BC training, demo seeds, and the init of `vit:<size>` specs without @seed
     device: str = "cpu"
     out_dir: str = "outputs/frozen_encoder"
 
@@ -248,24 +323,71 @@ class BenchmarkRow:
     feature_dim: int
     train_seconds: float
     eval_seconds: float
+    condition: str = "clean"  # the evaluation's visual condition (visual.BENCHMARK_CONDITIONS)
 
 
 def _env_id(task: str) -> str:
     return task if "/" in task else metaworld_id(task)
 
 
+def _has_mujoco_scene(task: str) -> bool:
+    env = make_env(_env_id(task))
+    try:
+        scene_editor(env)
+        return True
+    except ValueError:
+        return False
+    finally:
+        env.close()
+
+
+def validate(config: FrozenBenchmarkConfig) -> None:
+    """Every argument checked before any demo is collected; errors name the argument."""
+    for name in ("num_demos", "num_eval", "history", "max_steps"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"--{name}={getattr(config, name)}; expected at least 1")
+    if not config.tasks or not config.encoders or not config.eval_conditions:
+        raise ValueError("--tasks, --encoders and --eval_conditions each need at least one entry")
+    for spec in config.encoders:
+        EncoderSpec.parse(spec)
+    unknown = [c for c in config.eval_conditions if c not in BENCHMARK_CONDITIONS]
+    if unknown:
+        raise ValueError(f"--eval_conditions: {unknown} unknown; expected names from {list(BENCHMARK_CONDITIONS)}")
+    if not 0.0 <= config.demo_varied_fraction <= 1.0:
+        raise ValueError(f"--demo_varied_fraction={config.demo_varied_fraction}; expected a fraction in [0, 1]")
+    changed = [c for c in config.eval_conditions if not BENCHMARK_CONDITIONS[c].is_clean]
+    for task in config.tasks:
+        if (changed or config.demo_varied_fraction > 0) and not _has_mujoco_scene(task):
+            what = f"--eval_conditions {changed}" if changed else f"--demo_varied_fraction={config.demo_varied_fraction}"
+            raise ValueError(
+                f"task {task!r} has no MuJoCo scene to change, so {what} cannot apply to it (visual conditions are "
+                "MuJoCo model edits: Meta-World tasks); evaluate it with --eval_conditions='[clean]' in its own run"
+            )
+
+
 def demos_for(config: FrozenBenchmarkConfig, task: str) -> dict[str, Any]:
     """Collects (or reuses) K demos of `task` as PNG frames and loads them."""
-    root = Path(config.out_dir) / "demos" / _env_id(task).replace("/", "__") / f"k{config.num_demos}_s{config.image_size}"
+    name = f"k{config.num_demos}_s{config.image_size}"
+    if config.demo_varied_fraction > 0:
+        name += f"_varied{config.demo_varied_fraction:g}"
+    if config.demo_max_steps or config.keep_failed_demos:
+        name += f"_steps{config.demo_max_steps}_keep{int(config.keep_failed_demos)}"
+    root = Path(config.out_dir) / "demos" / _env_id(task).replace("/", "__") / f"{name}_seed{config.seed}"
     if not root.exists():
+        attempts = 3 * config.num_demos
+        conditions = (
+            episode_conditions(attempts, None, config.demo_varied_fraction, config.seed) if config.demo_varied_fraction > 0 else None
+        )
         collect_demos(
             _env_id(task), config.num_demos, root, repo_id=f"vla_dino/{task}", seed=config.seed,
-            image_size=config.image_size, use_videos=False,
+            image_size=config.image_size, use_videos=False, max_steps=config.demo_max_steps,
+            drop_failures=not config.keep_failed_demos, max_attempts=attempts, conditions=conditions,
         )
     return load_frames(root, repo_id=f"vla_dino/{task}")
 
 
-def run_one(config: FrozenBenchmarkConfig, task: str, spec: str, demos: dict[str, Any]) -> BenchmarkRow:
+def run_one(config: FrozenBenchmarkConfig, task: str, spec: str, demos: dict[str, Any]) -> list[BenchmarkRow]:
+    """Trains one BC policy on `demos` with encoder `spec`, evaluates it under each of `config.eval_conditions`."""
     torch.manual_seed(config.seed)
     device = config.device
     history = history_indices(demos["episodes"], config.history)
@@ -278,7 +400,7 @@ def run_one(config: FrozenBenchmarkConfig, task: str, spec: str, demos: dict[str
         inputs, frozen, feature_dim = torch.from_numpy(demos["images"]), None, 512
         epochs, lr = config.scratch_epochs, config.scratch_lr
     else:
-        frozen = FrozenEncoder(spec, config.encoder_image_size, device)
+        frozen = FrozenEncoder(spec, config.encoder_image_size, device, default_seed=config.seed)
         inputs = torch.from_numpy(frozen(demos["images"]))
         feature_dim = inputs.shape[1]
         policy = BCPolicy(feature_dim, states.shape[1], actions.shape[1], config.history)
@@ -286,51 +408,128 @@ def run_one(config: FrozenBenchmarkConfig, task: str, spec: str, demos: dict[str
     losses = train_bc(policy, inputs, states, actions, history, epochs, config.batch_size, lr, config.seed, device)
     train_seconds = time.perf_counter() - start
     camera = demos["camera"]
-    result = evaluate(
-        RolloutPolicy(policy, camera, device, frozen), _env_id(task), config.num_eval, seed=config.eval_seed,
-        max_steps=config.max_steps, num_videos=0, env_kwargs=dict(image_size=config.image_size, cameras=(camera,)),
-    )
-    wins = sum(result.successes)
-    return BenchmarkRow(
-        task=task, encoder=spec, success_rate=result.success_rate, success_ci95=wilson_interval(wins, len(result.successes)),
-        successes=wins, episodes=len(result.successes), final_bc_loss=losses[-1], feature_dim=feature_dim,
-        train_seconds=train_seconds, eval_seconds=result.seconds,
-    )
+    rows = []
+    for name in config.eval_conditions:
+        condition = BENCHMARK_CONDITIONS[name]
+        result = evaluate(
+            RolloutPolicy(policy, camera, device, frozen), _env_id(task), config.num_eval, seed=config.eval_seed,
+            max_steps=config.max_steps, num_videos=0, env_kwargs=dict(image_size=config.image_size, cameras=(camera,)),
+            env_setup=None if condition.is_clean else ApplyCondition(condition),
+        )
+        wins = sum(result.successes)
+        rows.append(
+            BenchmarkRow(
+                task=task, encoder=spec, success_rate=result.success_rate,
+                success_ci95=wilson_interval(wins, len(result.successes)), successes=wins, episodes=len(result.successes),
+                final_bc_loss=losses[-1], feature_dim=feature_dim, train_seconds=train_seconds,
+                eval_seconds=result.seconds, condition=name,
+            )
+        )
+    return rows
 
 
 def run_benchmark(config: FrozenBenchmarkConfig) -> list[BenchmarkRow]:
-    rows = []
+    validate(config)
+    rows: list[BenchmarkRow] = []
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for task in config.tasks:
         demos = demos_for(config, task)
         for spec in config.encoders:
-            row = run_one(config, task, spec, demos)
-            logger.info("%s / %s: success %.2f", task, spec, row.success_rate)
-            print(f"{task:>16} {spec:>40}: success {row.successes}/{row.episodes}  (bc loss {row.final_bc_loss:.3f})", flush=True)
-            rows.append(row)
+            for row in run_one(config, task, spec, demos):
+                logger.info("%s / %s / %s: success %.2f", task, spec, row.condition, row.success_rate)
+                print(
+                    f"{task:>16} {row.condition:>26} {spec:>40}: success {row.successes}/{row.episodes}  "
+                    f"(bc loss {row.final_bc_loss:.3f})",
+                    flush=True,
+                )
+                rows.append(row)
             (out / "results.json").write_text(json.dumps([asdict(r) for r in rows], indent=2))
     return rows
 
 
 def markdown_table(rows: list[BenchmarkRow]) -> str:
-    """Encoders × tasks success rates (with 95% Wilson intervals) and the mean over tasks."""
-    tasks = list(dict.fromkeys(r.task for r in rows))
+    """Encoders × (task, condition) success rates with 95 % Wilson intervals, and the mean over cells.
+
+    Columns are tasks when every row is clean, else `task · condition`; with changed conditions the
+    means over clean and over changed cells are added. Random-init specs that differ only in their
+    seed (`vit:x@seed0`, `vit:x@seed1`, …) get one more row: the range (min–max) over seeds.
+    """
+    columns = list(dict.fromkeys((r.task, r.condition) for r in rows))
+    all_clean = all(BENCHMARK_CONDITIONS.get(c, VisualCondition()).is_clean for _, c in columns)
+    clean_cols = [col for col in columns if col[1] == "clean"]
+    changed_cols = [col for col in columns if col[1] != "clean"]
     encoders = list(dict.fromkeys(r.encoder for r in rows))
-    cell = {(r.encoder, r.task): r for r in rows}
-    lines = [
-        "| encoder | " + " | ".join(tasks) + " | mean |",
-        "|---" * (len(tasks) + 2) + "|",
-    ]
+    cell = {(r.encoder, r.task, r.condition): r for r in rows}
+    titles = [task if all_clean else f"{task} · {condition}" for task, condition in columns]
+    extra = [] if all_clean or not clean_cols else ["mean clean", "mean changed"]
+    lines = ["| encoder | " + " | ".join(titles + ["mean"] + extra) + " |", "|---" * (len(titles) + 2 + len(extra)) + "|"]
+
+    def means(encoder: str) -> list[float]:
+        out = []
+        for group in [columns] + ([clean_cols, changed_cols] if extra else []):
+            rates = [cell[(encoder, *col)].success_rate for col in group if (encoder, *col) in cell]
+            out.append(float(np.mean(rates)) if rates else float("nan"))
+        return out
+
     for encoder in encoders:
-        cells, rates = [], []
-        for task in tasks:
-            r = cell.get((encoder, task))
+        cells = []
+        for task, condition in columns:
+            r = cell.get((encoder, task, condition))
             if r is None:
                 cells.append("–")
                 continue
             low, high = r.success_ci95
             cells.append(f"{r.successes}/{r.episodes} ({low:.2f}–{high:.2f})")
-            rates.append(r.success_rate)
-        lines.append(f"| `{encoder}` | " + " | ".join(cells) + f" | {np.mean(rates):.2f} |")
+        lines.append(f"| `{encoder}` | " + " | ".join(cells + [f"{m:.2f}" for m in means(encoder)]) + " |")
+    groups: dict[str, list[str]] = {}
+    for encoder in encoders:
+        try:
+            parsed = EncoderSpec.parse(encoder)
+        except ValueError:
+            continue
+        if parsed.kind == "vit":
+            groups.setdefault(parsed.base, []).append(encoder)
+    for base, members in groups.items():
+        if len(members) < 2:
+            continue
+        cells = []
+        for task, condition in columns:
+            rates = [cell[(m, task, condition)].success_rate for m in members if (m, task, condition) in cell]
+            cells.append(f"{min(rates):.2f}–{max(rates):.2f}" if rates else "–")
+        per_seed = np.array([means(m) for m in members])
+        ranges = [f"{lo:.2f}–{hi:.2f}" for lo, hi in zip(np.nanmin(per_seed, 0), np.nanmax(per_seed, 0))]
+        lines.append(f"| `{base}` random init, {len(members)} seeds (range) | " + " | ".join(cells + ranges) + " |")
     return "\n".join(lines)
+
+
+def write_report(config: FrozenBenchmarkConfig, rows: list[BenchmarkRow], command: str, machine: str) -> Path:
+    """`<out_dir>/results.md` (the table, the conditions, the settings) and `<out_dir>/results.json` (the rows)."""
+    from lerobot_env_vla_dino.visual import condition_table
+
+    out = Path(config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps([asdict(r) for r in rows], indent=2))
+    conditions = [BENCHMARK_CONDITIONS[c] for c in dict.fromkeys(r.condition for r in rows)]
+    report = [
+        "# Frozen-encoder benchmark results",
+        "",
+        markdown_table(rows),
+        "",
+        f"Cells: successes / episodes (95 % Wilson interval); {config.num_demos} demos per task"
+        + (f" ({config.demo_varied_fraction:.0%} under random light/colour changes)" if config.demo_varied_fraction else "")
+        + f", BC head {HIDDEN}, {config.history}-frame history, {config.num_eval} evaluation episodes per task and condition.",
+        "",
+        "Evaluation conditions (MuJoCo model edits applied to every evaluation episode):",
+        "",
+        condition_table(conditions),
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Machine: {machine}, device `{config.device}`",
+        "",
+        f"Settings: {config}",
+    ]
+    path = out / "results.md"
+    path.write_text("\n".join(report) + "\n")
+    return path
