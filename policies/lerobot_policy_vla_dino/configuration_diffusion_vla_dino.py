@@ -19,9 +19,11 @@ from lerobot_policy_vla_dino.feature_map import TowerBackboneConfig
 @PreTrainedConfig.register_subclass("diffusion_vla_dino")
 @dataclass
 class DiffusionVlaDinoConfig(DiffusionConfig):
-    backbone: TowerBackboneConfig = field(default_factory=TowerBackboneConfig)
+    backbone: TowerBackboneConfig = field(default_factory=TowerBackboneConfig)  # towers replacing the ResNet of each camera encoder
+    # AdamW lr of trainable tower parameters (the rest trains at optimizer_lr).
     optimizer_lr_backbone: float = 1e-5
 
+    # VISUAL stays un-normalised: the towers normalise per tower themselves. STATE/ACTION as Diffusion.
     normalization_mapping: dict[str, NormalizationMode] = field(
         default_factory=lambda: {
             "VISUAL": NormalizationMode.IDENTITY,
@@ -29,13 +31,21 @@ class DiffusionVlaDinoConfig(DiffusionConfig):
             "ACTION": NormalizationMode.MIN_MAX,
         }
     )
-    # Diffusion builds a torchvision ResNet before we swap it out: never download its ImageNet weights.
-    pretrained_backbone_weights: str | None = None
+    # Diffusion's ResNet fields, inherited but unused: the ResNet is replaced by policy.backbone.
+    # Kept at their values (any other value is an error), so Diffusion recipes that set them fail loudly.
+    vision_backbone: str = "resnet18"  # unused (policy.backbone replaces the ResNet); must stay resnet18
+    pretrained_backbone_weights: str | None = None  # unused (policy.backbone replaces the ResNet); must stay None (no download)
+    use_group_norm: bool = False  # unused (policy.backbone replaces the ResNet); must stay false
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.pretrained_backbone_weights is not None:
-            raise ValueError(
-                "policy.pretrained_backbone_weights must be None for diffusion_vla_dino: the ResNet is replaced by "
-                "the towers in policy.backbone, so its torchvision weights would only be downloaded and dropped"
-            )
+        for name, expected in UNUSED_RESNET_FIELDS.items():
+            if getattr(self, name) != expected:
+                raise ValueError(
+                    f"policy.{name}={getattr(self, name)!r} has no effect in diffusion_vla_dino: the ResNet is replaced "
+                    f"by the towers in policy.backbone (set --policy.backbone.dino / .siglip); leave it at {expected!r}"
+                )
+
+
+# Diffusion builds a torchvision ResNet from these before we swap it out (never with downloaded weights).
+UNUSED_RESNET_FIELDS = {"vision_backbone": "resnet18", "pretrained_backbone_weights": None, "use_group_norm": False}

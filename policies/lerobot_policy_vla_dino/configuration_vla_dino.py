@@ -16,14 +16,17 @@ tokenizer's proprio token.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 from lerobot.configs import FeatureType, NormalizationMode, PreTrainedConfig
 from lerobot.optim import AdamWConfig, CosineDecayWithWarmupSchedulerConfig
 from lerobot.utils.constants import OBS_ENV_STATE, OBS_IMAGE, OBS_IMAGES, OBS_STATE
 
 from vla_dino.adapter import VisionTokenizerConfig
+from vla_dino.adapter.config import Projector
 
-HEADS = ("mlp", "act_decoder")
+Head = Literal["mlp", "act_decoder"]
+HEADS: tuple[str, ...] = get_args(Head)
 
 
 def camera_name(key: str) -> str:
@@ -35,9 +38,22 @@ def camera_name(key: str) -> str:
     raise ValueError(f"image feature {key!r}: expected {OBS_IMAGE!r} or '{OBS_IMAGES}.<camera>'")
 
 
-def default_vision() -> VisionTokenizerConfig:
-    """Released DINOv2 ViT-S/14 with registers, frozen, second-to-last block, 256 tokens of width 512."""
-    return VisionTokenizerConfig(dino="facebook/dinov2-with-registers-small", projector="mlp", out_dim=512)
+@dataclass
+class PolicyVisionConfig(VisionTokenizerConfig):
+    """`VisionTokenizerConfig` with the vla_dino policy's defaults: the released DINOv2 ViT-S/14 with
+    registers, frozen, second-to-last block, 256 tokens of width 512 per 224² camera."""
+
+    # First tower. The default, facebook/dinov2-with-registers-small (ViT-S/14 + 4 registers), is
+    # downloaded from the Hugging Face hub on first use. Also: a size name (random init: vits14 …,
+    # *_reg, tiny), another hub id, a local transformers folder (DINOv2, or DINOv3 ViT by its
+    # model_type), a vla_dino pretrain export folder, or an official DINOv2 .pth/.safetensors file.
+    dino: str = "facebook/dinov2-with-registers-small"
+    # Token projector: mlp, fused-gelu-mlp (OpenVLA's 3-layer), linear, or none (keep fused width).
+    projector: Projector = "mlp"
+
+
+def default_vision() -> PolicyVisionConfig:
+    return PolicyVisionConfig()
 
 
 @PreTrainedConfig.register_subclass("vla_dino")
@@ -62,10 +78,14 @@ class VlaDinoConfig(PreTrainedConfig):
     decay (LeRobot's `CosineDecayWithWarmupSchedulerConfig`, rescaled to short runs).
     """
 
+    # Observation steps the policy reads: only the current one (1).
     n_obs_steps: int = 1
+    # Actions predicted per forward pass.
     chunk_size: int = 16
+    # Actions of each predicted chunk executed before the model runs again (1..chunk_size).
     n_action_steps: int = 8
 
+    # VISUAL stays un-normalised (the tokenizer normalises per tower); STATE/ENV/ACTION: mean/std.
     normalization_mapping: dict[str, NormalizationMode] = field(
         default_factory=lambda: {
             "VISUAL": NormalizationMode.IDENTITY,
@@ -75,28 +95,41 @@ class VlaDinoConfig(PreTrainedConfig):
         }
     )
 
-    vision: VisionTokenizerConfig = field(default_factory=default_vision)
+    vision: PolicyVisionConfig = field(default_factory=default_vision)  # towers, layer, projector; cameras from the data
 
-    head: str = "act_decoder"
-    # act_decoder head
+    # Action head: act_decoder (ACT-style transformer over the tokens) or mlp (L1-regression MLP).
+    head: Head = "act_decoder"
+    # act_decoder: transformer width.
     dim_model: int = 512
+    # act_decoder: attention heads (dim_model must be divisible by it).
     n_heads: int = 8
+    # act_decoder: feed-forward width.
     dim_feedforward: int = 2048
+    # act_decoder: self-attention layers over the image / proprio tokens.
     n_encoder_layers: int = 1
+    # act_decoder: decoder layers of the action queries.
     n_decoder_layers: int = 4
+    # act_decoder: dropout.
     dropout: float = 0.1
-    # mlp head
+    # mlp: width each token is projected to before flattening.
     mlp_token_dim: int = 32
+    # mlp: hidden width of the MLP-ResNet.
     mlp_hidden_dim: int = 1024
+    # mlp: residual blocks of the MLP-ResNet.
     mlp_num_blocks: int = 2
 
+    # AdamW lr of the head, projector and embeddings.
     optimizer_lr: float = 1e-4
+    # AdamW lr of trainable tower parameters (vision.train_mode=full or last_n).
     optimizer_lr_encoder: float = 1e-5
-    optimizer_betas: tuple[float, float] = (0.9, 0.999)
-    optimizer_weight_decay: float = 1e-4
-    optimizer_grad_clip_norm: float = 10.0
+    optimizer_betas: tuple[float, float] = (0.9, 0.999)  # AdamW betas
+    optimizer_weight_decay: float = 1e-4  # AdamW weight decay (all groups)
+    optimizer_grad_clip_norm: float = 10.0  # gradient-norm clip of LeRobot's training loop
+    # Linear warm-up steps of the cosine schedule.
     scheduler_warmup_steps: int = 500
+    # Steps of the cosine decay (LeRobot rescales it to shorter runs).
     scheduler_decay_steps: int = 100_000
+    # Final lr of the cosine decay.
     scheduler_decay_lr: float = 1e-6
 
     def __post_init__(self) -> None:

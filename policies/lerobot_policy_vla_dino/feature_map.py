@@ -15,29 +15,38 @@ import torch
 from torch import nn
 
 from vla_dino.adapter.backbone import FusedBackbone
-from vla_dino.adapter.config import validate_tower_fields
+from vla_dino.adapter.config import Dtype, ResizeMode, TrainMode, validate_tower_fields
 
 
 @dataclass
 class TowerBackboneConfig:
-    """Which towers replace the ResNet, and how they train.
+    """Which towers replace the ResNet, and how they train (the feature map is (B, C, h, w) with
+    C = the towers' widths and h×w their shared patch grid)."""
 
-    `dino` / `siglip`: sources as in `VisionTokenizerConfig` (size name = random init, hub id, local
-    folder incl. our pretrain export, official `.pth`). `layer` picks the block (-1 last, -2
-    OpenVLA's); `final_norm` applies the tower's final LayerNorm (the released features with -1).
-    `train_mode`: "full" mirrors LeRobot's ACT/Diffusion, which train their ResNet (at
-    `optimizer_lr_backbone`); "frozen" or "last_n" (`trainable_blocks`).
-    """
-
+    # First tower. The default, facebook/dinov2-with-registers-small (ViT-S/14 + 4 registers), is
+    # downloaded from the Hugging Face hub on first use. Also: a size name (random init: vits14 …,
+    # *_reg, tiny), another hub id, a local transformers folder (DINOv2, or DINOv3 ViT by its
+    # model_type), a vla_dino pretrain export folder, or an official DINOv2 .pth/.safetensors file.
     dino: str = "facebook/dinov2-with-registers-small"
+    # Second tower fused on the channel axis: None = DINO only; a hub id
+    # (google/siglip-so400m-patch14-224), a local SigLIP or SigLIP 2 folder (by model_type), or
+    # "so400m" / "tiny" (random init). Both towers must give the same patch grid at image_size.
     siglip: str | None = None
+    # Side in pixels camera images are resized to for the towers (a multiple of the patch sizes).
     image_size: int = 224
-    resize_mode: str = "resize"
+    # resize: stretch to image_size²; letterbox: keep the aspect ratio and pad.
+    resize_mode: ResizeMode = "resize"
+    # Block whose output is the feature map: -1 last, -2 second-to-last (OpenVLA), 0-based otherwise.
     layer: int = -1
+    # Apply each tower's final LayerNorm (with layer=-1: the released last-layer features).
     final_norm: bool = True
-    train_mode: str = "full"
+    # full: train every block up to `layer` at optimizer_lr_backbone, as ACT/Diffusion train their
+    # ResNet; frozen; or last_n (the last `trainable_blocks` blocks of each tower).
+    train_mode: TrainMode = "full"
+    # Blocks trained per tower with train_mode=last_n (0 otherwise).
     trainable_blocks: int = 0
-    dtype: str = "float32"
+    # Tower compute: float32, or bfloat16 autocast where the device supports it.
+    dtype: Dtype = "float32"
 
     def __post_init__(self) -> None:
         validate_tower_fields(self, "policy.backbone")

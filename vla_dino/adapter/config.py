@@ -3,30 +3,32 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
-RESIZE_MODES = ("resize", "letterbox")
-PROJECTORS = ("fused-gelu-mlp", "mlp", "linear", "none")
-TRAIN_MODES = ("frozen", "full", "last_n")
-TOKEN_REDUCTIONS = ("none", "pool2x2", "attention_pool")
-DTYPES = ("float32", "bfloat16")
+# Literal types give the command line (draccus) its choices; the tuples are for checks and errors.
+ResizeMode = Literal["resize", "letterbox"]
+Projector = Literal["fused-gelu-mlp", "mlp", "linear", "none"]
+TrainMode = Literal["frozen", "full", "last_n"]
+TokenReduction = Literal["none", "pool2x2", "attention_pool"]
+Dtype = Literal["float32", "bfloat16"]
+RESIZE_MODES: tuple[str, ...] = get_args(ResizeMode)
+PROJECTORS: tuple[str, ...] = get_args(Projector)
+TRAIN_MODES: tuple[str, ...] = get_args(TrainMode)
+TOKEN_REDUCTIONS: tuple[str, ...] = get_args(TokenReduction)
+DTYPES: tuple[str, ...] = get_args(Dtype)
 
 
 @dataclass
 class VisionTokenizerConfig:
     """Camera images (+ proprio) → tokens for a policy head.
 
-    Towers:
-    - `dino`: a DinoEncoder size name (random init, e.g. "vitl14_reg", "tiny_reg"), a hub id
-      (facebook/dinov2-with-registers-large), a local transformers folder (our pretrain export
-      included) or an official `.pth`/`.safetensors` file.
-    - `siglip`: None for the DINO-only path; else a hub id (google/siglip-so400m-patch14-224), a
-      local folder (SiglipVisionModel or full SiglipModel), or "so400m" / "tiny" / "small-test" (random init).
+    Towers (`dino`, `siglip`; sources in the field comments): DINOv2 or DINOv3 ViT, optionally
+    fused with SigLIP or SigLIP 2; the tower class follows each checkpoint's model_type.
 
     Features: `layer` picks the block whose *raw* output is used (0-based; negative counts from the
     end; -2 = second-to-last = OpenVLA). `final_norm=True` applies each tower's final LayerNorm on
     top (with `layer=-1` that gives the towers' released last-layer features). Prefix tokens (CLS,
-    registers) are dropped; SigLIP has none and its pooling head is never run.
+    registers) are dropped; SigLIP / SigLIP 2 have none and their pooling heads never run.
 
     `out_dim` is the token width after the projector; with `projector="none"` the tokens keep
     the fused channel width (C_dino + C_siglip) and `out_dim` is ignored.
@@ -39,22 +41,45 @@ class VisionTokenizerConfig:
     stay float32); projector and token heads run in float32.
     """
 
+    # First tower: a DINOv2 size name (random init: vits14 … vitg14, *_reg, tiny), a hub id
+    # (facebook/dinov2-with-registers-large; downloaded on first use), a local transformers folder
+    # (DINOv2, or DINOv3 ViT by its model_type), a vla_dino pretrain export folder, or an official
+    # DINOv2 .pth/.safetensors file (hub or training-code layout).
     dino: str = "vitl14_reg"
+    # Second tower, fused on the channel axis: None = DINO only; "so400m" / "tiny" / "small-test"
+    # (random init), a hub id (google/siglip-so400m-patch14-224) or a local folder of SigLIP or
+    # SigLIP 2 (picked by model_type). Both towers must give the same patch grid at image_size.
     siglip: str | None = None
+    # Side in pixels each camera image is resized to for the towers (a multiple of the patch sizes).
     image_size: int = 224
-    resize_mode: str = "resize"
+    # resize: stretch to image_size² (OpenVLA's resize-naive); letterbox: keep the aspect ratio, pad.
+    resize_mode: ResizeMode = "resize"
+    # Block whose raw output is used: 0-based, negative from the end; -2 = second-to-last (OpenVLA).
     layer: int = -2
+    # Apply each tower's final LayerNorm on top (with layer=-1: the released last-layer features).
     final_norm: bool = False
-    projector: str = "fused-gelu-mlp"
+    # Token projector: fused-gelu-mlp (OpenVLA's 3-layer), mlp, linear, or none (keep fused width).
+    projector: Projector = "fused-gelu-mlp"
+    # Token width after the projector (ignored with projector=none).
     out_dim: int = 512
-    train_mode: str = "frozen"
+    # frozen: towers under no_grad in eval mode; full: every block up to `layer`; last_n: the last
+    # `trainable_blocks` blocks up to `layer` in each tower.
+    train_mode: TrainMode = "frozen"
+    # Blocks trained per tower with train_mode=last_n (0 otherwise).
     trainable_blocks: int = 0
+    # Camera names, in token order (the policies set these from the dataset's image features).
     camera_names: list[str] = field(default_factory=lambda: ["image"])
+    # Width of the proprio vector turned into one extra token; 0 = none (policies set it).
     proprio_dim: int = 0
-    token_reduction: str = "none"
+    # Per-camera token reduction after the projector: none, pool2x2 (average 2×2 patches) or
+    # attention_pool (num_pooled_tokens learned queries).
+    token_reduction: TokenReduction = "none"
+    # Tokens per camera with token_reduction=attention_pool.
     num_pooled_tokens: int = 8
+    # Attention heads of the attention pool.
     attention_pool_heads: int = 8
-    dtype: str = "float32"
+    # Tower compute: float32, or bfloat16 autocast where the device supports it (weights stay fp32).
+    dtype: Dtype = "float32"
 
     def __post_init__(self) -> None:
         self.camera_names = list(self.camera_names)
