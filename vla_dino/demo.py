@@ -7,12 +7,19 @@
 Stages (each writes its folder under --out-dir and is skipped on a second run when its
 `stage.json` exists; each prints the stand-alone command that does the same with your data):
 
-1. collect   scripted-expert demos from Meta-World (+ PushT frames) into local LeRobotDatasets
-2. pretrain  a small DINOv2 with the full objective: `python -m vla_dino.pretrain --frames …`
-3. probe     ridge-probe R² of simulator state from frozen features, pretrained vs random init
+1. collect   the robot's "logs" (expert episodes, half of them under random lighting and colour
+             changes made in MuJoCo) as PNG frames for pretraining; scripted-expert demos into a
+             LeRobotDataset for the policies; benchmark episodes (other seeds) under the encoder
+             benchmark's visual conditions, with depth and segmentation renders
+2. pretrain  a small DINOv2 with the full objective (`small_data_cpu` preset, probe of held-out
+             episodes during training): `python -m vla_dino.pretrain --frames …`
+3. probe     the encoder benchmark (`lerobot_env_vla_dino.encoder_benchmark`): few-label state and
+             dense depth/segmentation probes, clean / across conditions / held-out conditions,
+             beside random init (3 seeds), raw pixels and a ResNet-18 trained from scratch
 4. policy    `lerobot-train --policy.type=vla_dino` on the demos, once per encoder (frozen)
 5. rollout   success rate of each policy in the simulator, with videos
-6. report    report.md + PNGs: loss curve, PCA feature maps before/after, probe R², success
+6. report    report.md + PNGs: the benchmark table and probe curves first, then the probe-vs-step
+             curve, losses, PCA feature maps before/after and success
 """
 
 from __future__ import annotations
@@ -39,10 +46,16 @@ class DemoConfig:
     out_dir: Path = Path("outputs/demo")
     task: str = "button-press-topdown-v3"  # a Meta-World v3 task with a scripted expert
     num_demos: int = 20
-    pusht_episodes: int = 4  # extra PushT frames for pretraining only (0: none)
+    pretrain_episodes: int = 40  # expert episodes whose frames are the pretraining data
+    varied_fraction: float = 0.5  # of those, under a random lighting / colour change
+    benchmark_episodes: int = 36  # encoder-benchmark episodes, cycled over its 6 visual conditions
     frame_size: int = 84  # stored camera frames (square)
-    pretrain_preset: str = "demo_sim"  # configs/pretrain/demo_sim.yaml: hidden 64, patch 7, 1500 steps
+    pretrain_preset: str = "small_data_cpu"  # configs/pretrain/small_data_cpu.yaml: hidden 64, patch 7
     pretrain_steps: int | None = None  # None: the preset's
+    scene_max_steps: int = 150  # step limit of the pretraining and benchmark episodes
+    benchmark_budgets: tuple[int, ...] = (25, 100)  # labelled frames of the state probes
+    benchmark_dense_budgets: tuple[int, ...] = (10, 50)  # labelled frames (all their patches) of the dense probes
+    resnet_steps: int = 150  # ResNet-18 baseline: Adam steps per fit (clean split, largest budget)
     policy_steps: int = 400
     policy_batch_size: int = 16
     image_size: int = 56  # encoder input side (multiple of 14)
@@ -108,21 +121,28 @@ def run_command(command: list[str], log_file: Path, device: str) -> None:
 # ---------------------------------------------------------------- stages
 def collect(config: DemoConfig, folder: Path) -> dict[str, Any]:
     from lerobot_env_vla_dino.collect import collect_demos
+    from lerobot_env_vla_dino.scene_data import collect_scenes
+    from lerobot_env_vla_dino.visual import BENCHMARK_CONDITIONS
 
+    # pretraining frames: seeds 10000+, apart from the demos (0+) and the benchmark (1000+)
+    collect_scenes(
+        config.task, config.pretrain_episodes, varied_fraction=config.varied_fraction, image_size=config.frame_size,
+        seed=10_000 + config.seed, max_steps=config.scene_max_steps, frames_dir=folder / "frames", with_labels=False,
+    )
     demos = collect_demos(
         config.env_id, config.num_demos, folder / "metaworld", seed=config.seed,
         image_size=config.frame_size, use_videos=False,
     )
-    result: dict[str, Any] = {"demos": str(demos), "frames": [str(demos)]}
-    if config.pusht_episodes:
-        pusht = collect_demos(
-            "vla_dino/PushT-v0", config.pusht_episodes, folder / "pusht", seed=config.seed,
-            image_size=config.frame_size, use_videos=False, drop_failures=False, max_steps=150,
-        )
-        result["frames"].append(str(pusht))
+    scenes = collect_scenes(
+        config.task, config.benchmark_episodes, list(BENCHMARK_CONDITIONS.values()), image_size=config.image_size,
+        seed=1000 + config.seed, max_steps=config.scene_max_steps, frame_stride=2,
+    )
+    scenes.save(folder / "benchmark_scenes")
+    print(f"  stand-alone: python -m lerobot_env_vla_dino.scene_data --task={config.task} --num_episodes=<n> "
+          f"--varied_fraction={config.varied_fraction} --write_frames=true --with_labels=false --out=<dir>")
     print(f"  stand-alone: python -m lerobot_env_vla_dino.collect --env_id={config.env_id} "
           f"--num_episodes={config.num_demos} --root=<dir>")
-    return result
+    return {"demos": str(demos), "frames": [str(folder / "frames")], "scenes": str(folder / "benchmark_scenes")}
 
 
 def pretrain(config: DemoConfig, folder: Path, frames: list[str]) -> dict[str, Any]:
@@ -148,18 +168,19 @@ def pretrain(config: DemoConfig, folder: Path, frames: list[str]) -> dict[str, A
             "metrics": str(run / "metrics.csv"), "loss_curve": str(run / "loss_curve.png")}
 
 
-def probe(config: DemoConfig, folder: Path, demos: str, encoders: dict[str, str]) -> dict[str, Any]:
-    from lerobot_env_vla_dino.probes import probe_dataset
+def probe(config: DemoConfig, folder: Path, scenes: str, pretrained: str) -> dict[str, Any]:
+    from lerobot_env_vla_dino.encoder_benchmark import EncoderBenchmarkConfig, run_encoder_benchmark
 
-    from vla_dino.encoder import DinoEncoder
-
-    results: dict[str, Any] = {}
-    for name, path in encoders.items():
-        report = probe_dataset(demos, DinoEncoder.from_pretrained(path), seed=config.seed)
-        results[name] = {"r2": report.probe.r2, "knn_ratio": report.retrieval.ratio, "frames": report.num_frames}
-        r2 = ", ".join(f"{k} {v:.2f}" for k, v in report.probe.r2.items())
-        print(f"  {name:<12} R² {r2}; k-NN state distance ratio {report.retrieval.ratio:.2f}")
-    return results
+    budgets = list(config.benchmark_budgets)
+    benchmark = EncoderBenchmarkConfig(
+        encoders=[f"dino:{pretrained}"], task=config.task, scenes=scenes, image_size=config.image_size,
+        budgets=budgets, dense_budgets=list(config.benchmark_dense_budgets), draws=5, random_seeds=[0, 1, 2], resnet_splits=["clean"],
+        resnet_budgets=[budgets[-1]], resnet_steps=config.resnet_steps, device=config.device, out_dir=str(folder),
+        seed=config.seed,
+    )
+    run_encoder_benchmark(benchmark)
+    print(f"  stand-alone: python -m lerobot_env_vla_dino.encoder_benchmark --encoders='[dino:<export>]' --out_dir=<dir>")
+    return {"report": str(folder / "report.md"), "results": str(folder / "results.json"), "plot": str(folder / "probes.png")}
 
 
 def train_policy(config: DemoConfig, folder: Path, demos: str, encoder: str, name: str) -> str:
@@ -195,6 +216,32 @@ def rollout(config: DemoConfig, folder: Path, policies: dict[str, str]) -> dict[
     return results
 
 
+def probe_curve(run: Path, out: Path) -> Path | None:
+    """The pretraining probe (held-out retrieval under a photometric change) against step, with the
+    same probe on raw pixels as a flat line; step 0 is the random init."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from vla_dino.pretrain.logger import read_metrics
+
+    rows = read_metrics(run / "probe.jsonl")
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    ax.plot([r["step"] for r in rows], [r["probe/retrieval_changed"] for r in rows], marker="o", label="pretrained teacher (step 0 = random init)")
+    ax.axhline(rows[0]["probe/retrieval_chance"], color="grey", linestyle=":", label="chance")
+    if "probe/pixels_retrieval_changed" in rows[0]:
+        ax.axhline(rows[0]["probe/pixels_retrieval_changed"], color="tab:green", linestyle="--", label="raw pixels (12×12)")
+    ax.set(xlabel="pretraining step", ylabel="hit rate", title="probe: held-out retrieval under a colour/light change")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def report(config: DemoConfig, folder: Path, stages: dict[str, dict[str, Any]]) -> dict[str, Any]:
     import matplotlib
 
@@ -205,6 +252,7 @@ def report(config: DemoConfig, folder: Path, stages: dict[str, dict[str, Any]]) 
     from vla_dino.visualize import load_frames, render_grid
 
     pre = stages["pretrain"]
+    run = Path(pre["run"])
     # loss curves
     with open(pre["metrics"]) as file:
         rows = list(csv.DictReader(file))
@@ -216,11 +264,15 @@ def report(config: DemoConfig, folder: Path, stages: dict[str, dict[str, Any]]) 
     axes[0].set(xlabel="step", title="pretraining losses")
     axes[0].legend(fontsize=7)
     if "teacher_entropy" in metrics:
-        axes[1].plot(metrics["step"], metrics["teacher_entropy"], color="tab:purple")
-        axes[1].set(xlabel="step", title="teacher entropy (collapse monitor)")
+        axes[1].plot(metrics["step"], metrics["teacher_entropy"], color="tab:purple", label="teacher entropy")
+        if "dino_kl" in metrics:
+            axes[1].plot(metrics["step"], metrics["dino_kl"], color="tab:red", label="student–teacher KL")
+        axes[1].set(xlabel="step", title="teacher targets (collapse monitor)")
+        axes[1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(folder / "loss_curves.png", dpi=100)
     plt.close(fig)
+    curve = probe_curve(run, folder / "probe_vs_step.png")
 
     # PCA feature maps and CLS attention, before/after
     frames = load_frames(stages["collect"]["frames"], 4, config.image_size * 2, None)
@@ -228,46 +280,48 @@ def report(config: DemoConfig, folder: Path, stages: dict[str, dict[str, Any]]) 
                          ("pretrained", DinoEncoder.from_pretrained(pre["pretrained"]))],
                 folder / "features_before_after.png", cell_px=160)
 
-    # probe R² bars and success bars
-    probes = stages["probe"]
-    variables = list(next(iter(probes.values()))["r2"])
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    width = 0.8 / len(ENCODERS)
-    for i, name in enumerate(ENCODERS):
-        axes[0].bar([x + i * width for x in range(len(variables))], [probes[name]["r2"][v] for v in variables],
-                    width, label=name)
-    axes[0].set_xticks([x + width / 2 for x in range(len(variables))], variables, rotation=20, fontsize=8)
-    axes[0].set(title="linear probe of simulator state (held-out R²)", ylim=(min(0, axes[0].get_ylim()[0]), 1))
-    axes[0].legend(fontsize=8, loc="lower right")
+    # success bars
     rollouts = stages["rollout"]
     rates = [rollouts[n]["success_rate"] for n in ENCODERS]
     errors = [[r - rollouts[n]["success_ci95"][0] for n, r in zip(ENCODERS, rates)],
               [rollouts[n]["success_ci95"][1] - r for n, r in zip(ENCODERS, rates)]]
-    axes[1].bar(list(ENCODERS), rates, yerr=errors, capsize=6, color=["tab:blue", "tab:orange"])
-    axes[1].set(title=f"{config.task}: policy success (95% CI)", ylim=(0, 1))
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.bar(list(ENCODERS), rates, yerr=errors, capsize=6, color=["tab:blue", "tab:orange"])
+    ax.set(title=f"{config.task}: policy success (95% CI)", ylim=(0, 1))
     fig.tight_layout()
-    fig.savefig(folder / "probe_and_success.png", dpi=100)
+    fig.savefig(folder / "success.png", dpi=100)
     plt.close(fig)
 
+    benchmark = Path(stages["probe"]["report"]).read_text()
+    tables = benchmark[benchmark.index("### State probes"): benchmark.index("![state probes]")].strip()
+    shutil.copy(stages["probe"]["plot"], folder / "benchmark_probes.png")
     lines = [
         "# vla_dino demo report", "",
-        f"Task `{config.task}` (Meta-World v3), {config.num_demos} scripted demos at {config.frame_size}² px"
-        + (f", plus {config.pusht_episodes} PushT episodes for pretraining" if config.pusht_episodes else "") + ".",
+        f"Task `{config.task}` (Meta-World v3). Pretraining data: {config.pretrain_episodes} expert episodes at "
+        f"{config.frame_size}² px, {config.varied_fraction:.0%} of them under random lighting/colour changes (MuJoCo model edits). "
         f"Encoder: `{config.pretrain_preset}` preset (configs/pretrain/{config.pretrain_preset}.yaml), "
-        f"{config.pretrain_steps or 'the preset’s'} pretraining steps on {config.device}.", "",
+        f"{config.pretrain_steps or 'the preset’s'} steps on {config.device}.", "",
+        "## Encoder benchmark (frozen features, held-out episodes)", "",
+        f"Benchmark episodes: {config.benchmark_episodes} other seeds under 6 visual conditions. Pretrained encoder: mean ± std "
+        "over label draws; random init of the same architecture: range over 3 seeds; ResNet-18: trained from scratch end "
+        f"to end on the labelled frames ({config.resnet_steps} Adam steps, clean split, largest budget only on CPU). "
+        "A pretrained number counts as a win only outside the random-init range.", "",
+        tables, "",
+        f"![state probe R² against labelled frames]({folder.name}/benchmark_probes.png)", "",
+    ]
+    if curve is not None:
+        lines += ["## Probe during pretraining", "", f"![probe vs step]({folder.name}/probe_vs_step.png)", ""]
+    lines += [
         "## Pretraining", "", f"![loss curves]({folder.name}/loss_curves.png)", "",
         f"![PCA of patch features and CLS attention, random init vs pretrained]({folder.name}/features_before_after.png)", "",
-        "## Probes and policies", "", f"![probe R² and success]({folder.name}/probe_and_success.png)", "",
-        "| encoder | " + " | ".join(f"R² {v}" for v in variables) + " | k-NN ratio | success | 95% CI |",
-        "|---" * (len(variables) + 4) + "|",
+        "## Policies", "", f"![success]({folder.name}/success.png)", "",
+        "| encoder | success | 95% CI | episodes |", "|---|---|---|---|",
     ]
     for name in ENCODERS:
         low, high = rollouts[name]["success_ci95"]
-        lines.append(f"| {name} | " + " | ".join(f"{probes[name]['r2'][v]:.3f}" for v in variables)
-                     + f" | {probes[name]['knn_ratio']:.3f} | {rollouts[name]['success_rate']:.2f} | {low:.2f}–{high:.2f} |")
-    lines += ["", "k-NN ratio: mean state distance of each frame's nearest neighbours in feature space over that of "
-              "random pairs (lower is better).", "",
-              f"Stage times (s): " + ", ".join(f"{s} {stages[s].get('seconds', 0):.0f}" for s in STAGES if s in stages), ""]
+        lines.append(f"| {name} | {rollouts[name]['success_rate']:.2f} | {low:.2f}–{high:.2f} | {rollouts[name]['num_episodes']} |")
+    lines += ["", f"Full benchmark report: `{stages['probe']['report']}`.", "",
+              "Stage times (s): " + ", ".join(f"{s} {stages[s].get('seconds', 0):.0f}" for s in STAGES if s in stages), ""]
     path = config.out_dir / "report.md"
     path.write_text("\n".join(lines))
     return {"report": str(path)}
@@ -283,7 +337,7 @@ def run(config: DemoConfig) -> Path:
     demos = stages["collect"]["demos"]
     stages["pretrain"] = run_stage(config, "pretrain", lambda f: pretrain(config, f, stages["collect"]["frames"]))
     encoders = {name: stages["pretrain"][name] for name in ENCODERS}
-    stages["probe"] = run_stage(config, "probe", lambda f: probe(config, f, demos, encoders))
+    stages["probe"] = run_stage(config, "probe", lambda f: probe(config, f, stages["collect"]["scenes"], encoders["pretrained"]))
     stages["policy"] = run_stage(
         config, "policy", lambda f: {name: train_policy(config, f, demos, path, name) for name, path in encoders.items()}
     )
@@ -302,10 +356,21 @@ def parse_args(argv: list[str] | None = None) -> DemoConfig:
     parser.add_argument("--out-dir", type=Path, default=defaults.out_dir, help="where every stage writes (default %(default)s)")
     parser.add_argument("--task", default=defaults.task, help="Meta-World v3 task (default %(default)s)")
     parser.add_argument("--num-demos", type=int, default=defaults.num_demos)
-    parser.add_argument("--pusht-episodes", type=int, default=defaults.pusht_episodes, help="PushT episodes added to the pretraining frames")
+    parser.add_argument("--pretrain-episodes", type=int, default=defaults.pretrain_episodes, help="expert episodes of pretraining frames")
+    parser.add_argument("--varied-fraction", type=float, default=defaults.varied_fraction,
+                        help="share of pretraining episodes under a random lighting/colour change")
+    parser.add_argument("--benchmark-episodes", type=int, default=defaults.benchmark_episodes,
+                        help="encoder-benchmark episodes (cycled over its 6 visual conditions)")
     parser.add_argument("--frame-size", type=int, default=defaults.frame_size, help="stored frame side in px")
     parser.add_argument("--pretrain-preset", default=defaults.pretrain_preset, help="configs/pretrain/<name>.yaml")
     parser.add_argument("--pretrain-steps", type=int, default=defaults.pretrain_steps, help="default: the preset's")
+    parser.add_argument("--benchmark-budgets", type=int, nargs="+", default=list(defaults.benchmark_budgets),
+                        help="labelled frames of the state probes")
+    parser.add_argument("--benchmark-dense-budgets", type=int, nargs="+", default=list(defaults.benchmark_dense_budgets),
+                        help="labelled frames of the dense probes")
+    parser.add_argument("--scene-max-steps", type=int, default=defaults.scene_max_steps,
+                        help="step limit of the pretraining and benchmark episodes")
+    parser.add_argument("--resnet-steps", type=int, default=defaults.resnet_steps, help="ResNet-18 baseline: Adam steps per fit")
     parser.add_argument("--policy-steps", type=int, default=defaults.policy_steps)
     parser.add_argument("--policy-batch-size", type=int, default=defaults.policy_batch_size)
     parser.add_argument("--image-size", type=int, default=defaults.image_size, help="encoder input side (multiple of 14)")
@@ -315,7 +380,10 @@ def parse_args(argv: list[str] | None = None) -> DemoConfig:
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--restart", action="store_true", help="delete --out-dir and start over")
     args = parser.parse_args(argv)
-    return DemoConfig(**{k: v for k, v in vars(args).items()})
+    values = vars(args)
+    values["benchmark_budgets"] = tuple(values["benchmark_budgets"])
+    values["benchmark_dense_budgets"] = tuple(values["benchmark_dense_budgets"])
+    return DemoConfig(**values)
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -18,7 +18,10 @@ MuJoCo model edits, not image filters), for every encoder named and its baseline
   episodes, test on the other conditions).
 
 Baselines always in the table: random init of each DINO encoder's architecture (`random_seeds`
-seeds, shown as a range) and raw pixels (12×12 frame for state; each patch's pixels for dense).
+seeds, shown as a range), raw pixels (12×12 frame for state; each patch's pixels for dense) and a
+ResNet-18 trained from scratch end to end on the same labelled frames (state only: the
+learning-from-scratch baseline, with random-shift augmentation as in DrQ; `resnet_splits`,
+one fit per budget and draw).
 Encoder specs: `dino:<source>` (a `vla_dino.export` folder, a transformers folder, a hub id, an
 official file), `vit:<size>` (random init of a named size, `@seedN` for the seed), `pixels`.
 Writes `report.md`, `results.json` and `probes.png` (R² vs labels, per split) to `out_dir`.
@@ -61,6 +64,10 @@ class EncoderBenchmarkConfig:
     random_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # random-init baselines per DINO architecture
     pixel_patch: int = 7  # patch side of the raw-pixel dense baseline
     include_pixels: bool = True
+    resnet_splits: list[str] = field(default_factory=lambda: ["clean", "across"])  # [] leaves ResNet-18 out
+    resnet_draws: int = 1  # label draws per budget for ResNet-18 (each one trains a network)
+    resnet_steps: int = 300  # Adam steps of batch 32 per fit
+    resnet_budgets: list[int] | None = None  # None: every state budget
     device: str = "cpu"
     out_dir: str = "outputs/encoder_benchmark"
     seed: int = 0
@@ -107,6 +114,60 @@ def baseline_specs(specs: list[str], random_seeds: list[int], include_pixels: bo
     return rows
 
 
+# ---------------------------------------------------------------- ResNet-18 from scratch
+def resnet_state_r2(
+    images: np.ndarray, targets: list[np.ndarray], train_rows: np.ndarray, test_rows: np.ndarray, budget: int,
+    steps: int, seed: int, device: str = "cpu",
+) -> float:
+    """Mean R² over `targets` on `test_rows` of a torchvision ResNet-18 (random init) trained end to end
+    with MSE on the standardised targets of `budget` frames drawn from `train_rows` (Adam 1e-3,
+    batch 32, random shifts of ±4 px)."""
+    from torchvision.models import resnet18
+
+    from lerobot_env_vla_dino.encoder_probes import _draw
+    from vla_dino.encoder import IMAGENET_MEAN, IMAGENET_STD
+
+    rng = np.random.default_rng(seed)
+    rows = _draw(train_rows, budget, rng, "(frames)")
+    y = np.concatenate([np.asarray(t, np.float64).reshape(len(images), -1) for t in targets], axis=1)
+    widths = [np.asarray(t).reshape(len(images), -1).shape[1] for t in targets]
+    mean, std = y[rows].mean(0), y[rows].std(0) + 1e-6
+    torch.manual_seed(seed)
+    net = resnet18(weights=None, num_classes=y.shape[1]).to(device)
+    norm_mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+    norm_std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+
+    def pixels(batch: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(batch)).to(device).permute(0, 3, 1, 2).float() / 255.0
+        return (x - norm_mean) / norm_std
+
+    x_train = pixels(images[rows])
+    y_train = torch.as_tensor((y[rows] - mean) / std, dtype=torch.float32, device=device)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    generator = torch.Generator().manual_seed(seed)
+    net.train()
+    for _ in range(steps):
+        pick = torch.randint(len(rows), (min(32, len(rows)),), generator=generator)
+        x = torch.nn.functional.pad(x_train[pick], (4, 4, 4, 4), mode="replicate")
+        dy, dx = torch.randint(9, (2,), generator=generator).tolist()
+        x = x[..., dy : dy + x_train.shape[-2], dx : dx + x_train.shape[-1]]
+        loss = torch.nn.functional.mse_loss(net(x), y_train[pick])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    net.eval()
+    with torch.no_grad():
+        predicted = torch.cat([net(pixels(images[test_rows[i : i + 128]])) for i in range(0, len(test_rows), 128)])
+    predicted = predicted.double().cpu().numpy() * std + mean
+    scores, start = [], 0
+    for width in widths:
+        truth, guess = y[test_rows, start : start + width], predicted[:, start : start + width]
+        reference = y[rows, start : start + width].mean(0)
+        scores.append(1.0 - ((truth - guess) ** 2).sum() / max(((truth - reference) ** 2).sum(), 1e-12))
+        start += width
+    return float(np.mean(scores))
+
+
 # ---------------------------------------------------------------- splits
 def split_rows(scenes: SceneData) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """(train rows, test rows) per split; within each condition, alternate episodes are held out."""
@@ -133,9 +194,30 @@ class EncoderScores:
     spec: str
     group: str
     feature_dim: int
-    state: dict[str, dict[int, Spread]]  # split → budget → mean R² over state variables
+    state: dict[str, dict[int, Spread]]  # split → budget → mean R² over state variables (absent: not run)
     dense: dict[str, dict[int, dict[str, Spread]]]  # split → budget → {depth_rmse, depth_r2, segmentation_miou}
     seconds: float
+
+
+def state_variables(scenes: SceneData) -> list[str]:
+    """The benchmark's state variables that vary in these scenes (R² is undefined for a constant)."""
+    return [v for v in STATE_VARIABLES if v in scenes.states and np.ptp(scenes.states[v], axis=0).max() > 1e-6]
+
+
+def evaluate_resnet(scenes: SceneData, splits: dict[str, tuple[np.ndarray, np.ndarray]], config: EncoderBenchmarkConfig) -> EncoderScores:
+    start = time.perf_counter()
+    targets = [scenes.states[v] for v in state_variables(scenes)]
+    state = {}
+    for split in [s for s in config.resnet_splits if s in splits]:
+        train, test = splits[split]
+        state[split] = {
+            budget: Spread.of([
+                resnet_state_r2(scenes.images, targets, train, test, budget, config.resnet_steps, config.seed + draw, config.device)
+                for draw in range(config.resnet_draws)
+            ])
+            for budget in (config.resnet_budgets or config.budgets)
+        }
+    return EncoderScores("resnet18_scratch", "ResNet-18 from scratch (end to end)", 512, state, {}, time.perf_counter() - start)
 
 
 def evaluate_encoder(
@@ -143,7 +225,7 @@ def evaluate_encoder(
     config: EncoderBenchmarkConfig, spec: str, group: str,
 ) -> EncoderScores:
     start = time.perf_counter()
-    variables = [v for v in STATE_VARIABLES if v in scenes.states and np.ptp(scenes.states[v], axis=0).max() > 1e-6]
+    variables = state_variables(scenes)
     state: dict[str, dict[int, Spread]] = {}
     dense: dict[str, dict[int, dict[str, Spread]]] = {}
     if encoded.patches is not None:
@@ -178,7 +260,7 @@ def check_budgets(config: EncoderBenchmarkConfig, splits: dict[str, tuple[np.nda
 
 
 # ---------------------------------------------------------------- report
-def _cell(values: list[Spread], higher_is_better: bool = True) -> str:
+def _cell(values: list[Spread]) -> str:
     """One encoder: mean ± spread over draws; a baseline group over seeds: min–max of the seed means."""
     if len(values) == 1:
         return f"{values[0].mean:.3f} ± {values[0].std:.3f}"
@@ -190,11 +272,12 @@ def markdown_tables(results: list[EncoderScores], config: EncoderBenchmarkConfig
     groups = list(dict.fromkeys(r.group for r in results))
     by_group = {g: [r for r in results if r.group == g] for g in groups}
     splits = list(results[0].state)
+    cell = lambda rows, pick: _cell([pick(r) for r in rows]) if all(pick(r) is not None for r in rows) else "–"  # noqa: E731
     lines = ["### State probes: mean R² over " + ", ".join(STATE_VARIABLES) + " (held-out episodes; higher is better)", ""]
     header = [f"{s} @{b}" for s in splits for b in config.budgets]
     lines += ["| encoder | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
     for group, rows in by_group.items():
-        cells = [_cell([r.state[s][b] for r in rows]) for s in splits for b in config.budgets]
+        cells = [cell(rows, lambda r: r.state.get(s, {}).get(b)) for s in splits for b in config.budgets]
         lines.append(f"| {group} | " + " | ".join(cells) + " |")
     dense_rows = {g: [r for r in rows if r.dense] for g, rows in by_group.items()}
     if any(dense_rows.values()):
@@ -204,7 +287,7 @@ def markdown_tables(results: list[EncoderScores], config: EncoderBenchmarkConfig
             lines += ["| encoder | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
             for group, rows in dense_rows.items():
                 if rows:
-                    cells = [_cell([r.dense[s][b][metric] for r in rows]) for s in splits for b in config.dense_budgets]
+                    cells = [cell(rows, lambda r: r.dense[s][b][metric]) for s in splits for b in config.dense_budgets]
                     lines.append(f"| {group} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -220,11 +303,14 @@ def plot(results: list[EncoderScores], config: EncoderBenchmarkConfig, path: Pat
     groups = list(dict.fromkeys(r.group for r in results))
     for ax, split in zip(axes[0], splits):
         for group in groups:
-            rows = [r for r in results if r.group == group]
-            means = np.array([[r.state[split][b].mean for b in config.budgets] for r in rows])
-            line = ax.plot(config.budgets, means.mean(0), marker="o", label=group[:40])[0]
+            rows = [r for r in results if r.group == group and split in r.state]
+            if not rows:
+                continue
+            budgets = list(rows[0].state[split])  # ResNet-18 may run at fewer budgets
+            means = np.array([[r.state[split][b].mean for b in budgets] for r in rows])
+            line = ax.plot(budgets, means.mean(0), marker="o", label=group[:40])[0]
             if len(rows) > 1:
-                ax.fill_between(config.budgets, means.min(0), means.max(0), color=line.get_color(), alpha=0.2)
+                ax.fill_between(budgets, means.min(0), means.max(0), color=line.get_color(), alpha=0.2)
         ax.set_xscale("log")
         ax.set_xlabel("labelled frames")
         ax.set_title(f"state R², {split}")
@@ -256,6 +342,9 @@ def load_or_collect_scenes(config: EncoderBenchmarkConfig) -> SceneData:
 def run_encoder_benchmark(config: EncoderBenchmarkConfig) -> list[EncoderScores]:
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    unknown = [s for s in config.resnet_splits if s not in SPLITS]
+    if unknown:
+        raise ValueError(f"--resnet_splits {unknown} unknown; expected names from {list(SPLITS)}")
     specs = baseline_specs(config.encoders, config.random_seeds, config.include_pixels)
     encoders = {spec: build_encoder(spec, config.device) for spec, _ in specs}  # bad specs fail before any work
     scenes = load_or_collect_scenes(config)
@@ -267,6 +356,10 @@ def run_encoder_benchmark(config: EncoderBenchmarkConfig) -> list[EncoderScores]
         results.append(evaluate_encoder(encoded, scenes, splits, config, spec, group))
         best = results[-1].state["clean"][config.budgets[-1]]
         print(f"{spec:>50}: clean state R² @{config.budgets[-1]} = {best.mean:.3f}", flush=True)
+    if config.resnet_splits:
+        results.append(evaluate_resnet(scenes, splits, config))
+        print(f"{'resnet18_scratch':>50}: " + ", ".join(
+            f"{s} R² @{b} = {v.mean:.3f}" for s, per in results[-1].state.items() for b, v in per.items()), flush=True)
     (out / "results.json").write_text(json.dumps([asdict(r) for r in results], indent=2))
     plot(results, config, out / "probes.png")
     report = [

@@ -116,10 +116,12 @@ def collect_scenes(
     max_steps: int = 150,
     frame_stride: int = 1,
     frames_dir: str | Path | None = None,
+    with_labels: bool = True,
 ) -> SceneData:
     """Scripted-expert episodes of Meta-World `task` (episode k: env seed `seed + k`), each under its
     condition (see `episode_conditions`); every `frame_stride`-th frame is kept with its depth and
-    segmentation. Failed expert episodes are kept: probes need frames, not successes."""
+    segmentation (`with_labels=False`: zeros, for pretraining frames, a third of the render time).
+    Failed expert episodes are kept: probes need frames, not successes."""
     if task not in TASK_NAMES:
         raise ValueError(f"task {task!r} has no depth/segmentation renders here; expected a Meta-World task, one of {TASK_NAMES[:5]} …")
     if num_episodes < 1 or frame_stride < 1:
@@ -143,8 +145,9 @@ def collect_scenes(
                     if t % frame_stride == 0:
                         data = sim.sim.data
                         rows["images"].append(obs["pixels"][camera])
-                        rows["depth"].append(labels.depth(data, camera))
-                        rows["segmentation"].append(labels.segmentation(data, camera).astype(np.uint8))
+                        blank = np.zeros((image_size, image_size), np.uint8)
+                        rows["depth"].append(labels.depth(data, camera) if with_labels else blank.astype(np.float32))
+                        rows["segmentation"].append(labels.segmentation(data, camera).astype(np.uint8) if with_labels else blank)
                         rows["agent_pos"].append(obs["agent_pos"])
                         rows["actions"].append(action)
                         rows["episode"].append(episode)
@@ -183,6 +186,7 @@ class SceneDataConfig:
     max_steps: int = 150
     frame_stride: int = 1
     write_frames: bool = False  # also PNG folders under <out>/frames for vla_dino.pretrain
+    with_labels: bool = True  # render depth and segmentation (false: frames only, for pretraining data)
     conditions: list[str] = field(default_factory=list)  # names from the benchmark's conditions (overrides the two above)
 
 
@@ -197,6 +201,7 @@ def main(config: SceneDataConfig) -> Path:
     scenes = collect_scenes(
         config.task, config.num_episodes, chosen, config.varied_fraction, config.image_size, config.camera,
         config.seed, config.max_steps, config.frame_stride, out / "frames" if config.write_frames else None,
+        config.with_labels,
     )
     scenes.save(out)
     print(f"wrote {len(scenes)} frames of {config.num_episodes} episodes to {out}")

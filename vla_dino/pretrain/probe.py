@@ -10,6 +10,8 @@ Metrics (teacher backbone, eval mode, features = [CLS, mean patch] of the last l
   brightness and contrast: what lighting and colour changes do to a real camera) queries the
   clean held-out frames; a hit is a nearest neighbour (cosine) from the same episode within
   ±`window` frames. Chance is reported beside it (`probe/retrieval_chance`).
+- `probe/pixels_retrieval_changed` (first probe only): the same retrieval on raw pixels (the frame
+  averaged down to 12×12), the baseline a useful encoder should beat.
 - `probe/rankme`: RankMe (Garrido et al. 2023), exp of the entropy of the normalised singular
   values of the feature matrix: its effective dimension (collapse → 1).
 
@@ -93,6 +95,13 @@ def teacher_features(encoder: DinoEncoder, pixels: torch.Tensor, size: int, batc
         out.append(torch.cat([tokens.cls_token, tokens.patch_tokens.mean(1)], 1).float().cpu())
     encoder.train(was_training)
     return torch.cat(out)
+
+
+def pixel_retrieval(frames: ProbeFrames, window: int = 2, seed: int = 0, side: int = 12) -> float:
+    """`probe/retrieval_changed` with raw pixels (averaged down to side × side) as the features."""
+    clean = frames.pixels.float() / 255.0
+    pooled = lambda x: F.adaptive_avg_pool2d(x, side).flatten(1)  # noqa: E731
+    return retrieval_hits(pooled(changed_view(clean, seed)), pooled(clean), frames.episode, frames.index, window)[0]
 
 
 def probe_teacher(encoder: DinoEncoder, frames: ProbeFrames, size: int, window: int = 2, seed: int = 0) -> dict[str, float]:

@@ -48,7 +48,7 @@ from vla_dino.pretrain.config import PretrainConfig, dump_config
 from vla_dino.pretrain.errors import ConfigError, DataError, NonFiniteLossError, OutputExistsError, ResumeError
 from vla_dino.pretrain.logger import MetricsLogger, plot_loss_curve
 from vla_dino.pretrain.monitor import CollapseMonitor, NonFiniteGuard
-from vla_dino.pretrain.probe import ProbeFrames, ProbeMonitor, hold_out_sources, load_probe_frames, probe_teacher
+from vla_dino.pretrain.probe import ProbeFrames, ProbeMonitor, hold_out_sources, load_probe_frames, pixel_retrieval, probe_teacher
 from vla_dino.pretrain.sampler import ResumableBatchSampler
 from vla_dino.pretrain.skips import SkipLog
 from vla_dino.ssl import MultiCropAugmentation, SSLModel
@@ -174,6 +174,8 @@ def _train(config: PretrainConfig, resume: str | None, info: D.DistInfo) -> RunR
                                config.train.seed)
         if probe_logger is None:
             return
+        if at_step == 0:
+            values["probe/pixels_retrieval_changed"] = pixel_retrieval(probe_frames, config.log.probe_window, config.train.seed)
         probe_logger.log(at_step, values)
         for problem in probe_monitor.check(at_step, values):
             message = f"step {at_step}: probe: {problem}"
