@@ -23,7 +23,9 @@ ResNet-18 trained from scratch end to end on the same labelled frames (state onl
 learning-from-scratch baseline, with random-shift augmentation as in DrQ; `resnet_splits`,
 one fit per budget and draw).
 Encoder specs: `dino:<source>` (a `vla_dino.export` folder, a transformers folder, a hub id, an
-official file), `vit:<size>` (random init of a named size, `@seedN` for the seed), `pixels`.
+official file), `vit:<size>` (random init of a named size, `@seedN` for the seed), `pixels`;
+`label=<spec>` names the row, and specs sharing a label (pretraining seeds) form one row, shown as
+the range over them.
 Writes `report.md`, `results.json` and `probes.png` (R² vs labels, per split) to `out_dir`.
 Frozen-encoder behaviour cloning is `lerobot_env_vla_dino.frozen_benchmark`.
 """
@@ -102,14 +104,21 @@ def build_encoder(spec: str, device: str = "cpu") -> DinoFrames | PixelFrames:
 
 
 def baseline_specs(specs: list[str], random_seeds: list[int], include_pixels: bool) -> list[tuple[str, str]]:
-    """(spec, group) for every encoder and its baselines; the group names the table row."""
+    """(spec, group) for every encoder and its baselines; the group names the table row.
+
+    `label=spec` names the row; encoders sharing a label (e.g. one recipe pretrained with three
+    seeds) form one row shown as a range, and get one set of random-init baselines (the first's
+    architecture)."""
     rows: list[tuple[str, str]] = []
-    for spec in specs:
-        rows.append((spec, spec))
+    for entry in specs:
+        label, _, spec = entry.partition("=") if "=" in entry.split(":", 1)[0] else ("", "", entry)
+        group = label or spec
+        first_of_group = all(g != group for _, g in rows)
+        rows.append((spec, group))
         base, seed = _seeded(spec)
-        if base.startswith("dino:") and seed is None:
-            rows += [(f"{base}@seed{s}", f"random init of {base.removeprefix('dino:')}") for s in random_seeds]
-    if include_pixels and "pixels" not in specs:
+        if base.startswith("dino:") and seed is None and first_of_group:
+            rows += [(f"{base}@seed{s}", f"random init of {label or base.removeprefix('dino:')}") for s in random_seeds]
+    if include_pixels and "pixels" not in [spec for spec, _ in rows]:
         rows.append(("pixels", "pixels"))
     return rows
 
