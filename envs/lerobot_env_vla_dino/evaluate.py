@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -161,9 +162,10 @@ def as_runner(policy: Any, device: str | None = None) -> LeRobotPolicyRunner | C
         return LeRobotPolicyRunner.from_pretrained(policy, device=device)
     if isinstance(policy, (LeRobotPolicyRunner, CallableRunner)):
         return policy
-    from lerobot.policies.pretrained import PreTrainedPolicy
-
-    if isinstance(policy, PreTrainedPolicy):
+    # A PreTrainedPolicy instance means its module is loaded: no need to import lerobot.policies
+    # (tens of seconds: it pulls in diffusers) just to recognise a plain callable.
+    pretrained = sys.modules.get("lerobot.policies.pretrained")
+    if pretrained is not None and isinstance(policy, pretrained.PreTrainedPolicy):
         return LeRobotPolicyRunner(policy)
     if callable(policy):
         return CallableRunner(policy)
