@@ -96,13 +96,13 @@ def _header(path: Path) -> tuple[int, int] | str:
 
 
 def _root_of(path: Path, roots: list[tuple[Path, str]]) -> str:
+    """The first given path holding `path`: discovery walks them in order and keeps a source
+    reached twice under the first one."""
     resolved = path.resolve()
-    best = None
     for root, name in roots:
         if resolved == root or root in resolved.parents:
-            if best is None or len(root.parts) > len(best[0].parts):
-                best = (root, name)
-    return best[1] if best else str(path)
+            return name
+    return str(path)
 
 
 def scan_sources(
