@@ -173,16 +173,17 @@ def test_position_embedding_interpolation_is_transformers_bicubic(tmp_path):
     assert got.grid_size == (h, w)
     torch.testing.assert_close(got.patch_tokens, expected[:, 1:], atol=1e-5, rtol=1e-5)
 
+
 # ---------------------------------------------------------------- training-code layouts
 # Checkpoints written by DINOv2's own training code load into DinoEncoder.
-# 
+#
 # The layouts are built here the way facebookresearch/dinov2 (main @ b8931f7) builds them:
 # `DinoVisionTransformer(block_chunks=N)` holds `nn.ModuleList([BlockChunk([nn.Identity()] * i +
 # blocks[i:i + chunk])])` (`dinov2/models/vision_transformer.py`), `do_test` saves
 # `{"teacher": model.teacher.state_dict()}` with the backbone under `backbone.` next to `dino_head.` /
 # `ibot_head.` (`dinov2/train/train.py`), and the checkpointer saves `{"model": SSLMetaArch.state_dict(),
 # "optimizer": …, "iteration": …}` holding `student.*` and `teacher.*`. Every file is checked against
-# the reference forward of test_encoder_conversion at the checkpoint's native size.
+# `reference_forward` above at the checkpoint's native size.
 
 
 def module_from_flat(flat: dict[str, torch.Tensor]) -> nn.Module:
