@@ -67,6 +67,13 @@ def test_probe_monitor_warns_on_drop_and_on_plateau():
     assert (restored.best, restored.best_step, restored.stale) == (0.5, 1, 3)
 
 
+def test_probe_monitor_on_rankme_is_relative_to_the_best():
+    monitor = ProbeMonitor("probe/rankme", max_drop=0.1, patience=10, min_gain=0.01)
+    assert monitor.check(0, {"probe/rankme": 20.0}) == []
+    assert monitor.check(1, {"probe/rankme": 18.5}) == []  # 7.5 % below the best: within 10 %
+    assert len(monitor.check(2, {"probe/rankme": 17.5})) == 1  # 12.5 % below
+
+
 def _source(episode: str, camera: str) -> FrameSource:
     return FrameSource(kind="images", path=Path("/logs"), episode=episode, camera=camera, num_frames=5)
 

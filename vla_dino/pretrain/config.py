@@ -105,6 +105,7 @@ class LogConfig:
     probe_window: int = 2  # a retrieval hit: the same episode within ±window frames
     probe_patience: int = 5  # warn after this many probes without improvement
     probe_max_drop: float = 0.05  # warn when the probe falls this far below its best
+    probe_metric: str = "probe/retrieval_changed"  # what the probe monitor watches (or "probe/rankme")
 
 
 @dataclass
@@ -156,6 +157,8 @@ class PretrainConfig:
             (self.log.probe_max_frames >= 2, "log.probe_max_frames must be >= 2"),
             (self.log.probe_window >= 0, "log.probe_window must be >= 0"),
             (self.log.probe_patience >= 1, "log.probe_patience must be >= 1"),
+            (self.log.probe_metric in ("probe/retrieval_changed", "probe/rankme"),
+             "log.probe_metric must be probe/retrieval_changed or probe/rankme"),
             (self.log.collapse.persist_checks >= 1, "log.collapse.persist_checks must be >= 1"),
             (self.distributed.strategy in ("ddp", "fsdp"), "distributed.strategy must be ddp|fsdp"),
             (self.distributed.backend in ("auto", "nccl", "gloo"), "distributed.backend must be auto|nccl|gloo"),

@@ -116,7 +116,8 @@ def probe_teacher(encoder: DinoEncoder, frames: ProbeFrames, size: int, window: 
 @dataclass
 class ProbeMonitor:
     """Warns when `metric` falls more than `max_drop` below its best, or has not improved on its
-    best by `min_gain` for `patience` probes in a row."""
+    best by `min_gain` for `patience` probes in a row (both relative to the best for RankMe,
+    whose scale is the feature dimension)."""
 
     metric: str = "probe/retrieval_changed"
     max_drop: float = 0.05
@@ -128,12 +129,13 @@ class ProbeMonitor:
 
     def check(self, step: int, metrics: dict[str, float]) -> list[str]:
         value = metrics[self.metric]
-        if value > self.best + self.min_gain:
+        scale = self.best if self.metric == "probe/rankme" and self.best > 0 else 1.0
+        if value > self.best + self.min_gain * scale:
             self.best, self.best_step, self.stale = value, step, 0
             return []
         self.stale += 1
         problems = []
-        if value < self.best - self.max_drop:
+        if value < self.best - self.max_drop * scale:
             problems.append(
                 f"{self.metric} fell to {value:.3f} from its best {self.best:.3f} at step {self.best_step}: features are getting "
                 "worse on held-out frames (for continued pretraining: lower the lr or stop at the best checkpoint)"

@@ -159,7 +159,7 @@ def _train(config: PretrainConfig, resume: str | None, info: D.DistInfo) -> RunR
             out, len(dataset), len(dataset.sources), info.world_size, config.data.batch_size, device, precision, step, stop_step,
         )
     monitor = CollapseMonitor(config.log.collapse, num_prototypes=config.ssl.heads.num_prototypes)
-    probe_monitor = ProbeMonitor(patience=config.log.probe_patience, max_drop=config.log.probe_max_drop)
+    probe_monitor = ProbeMonitor(config.log.probe_metric, max_drop=config.log.probe_max_drop, patience=config.log.probe_patience)
     if state is not None and state.get("probe_monitor"):
         probe_monitor.load_state_dict(state["probe_monitor"])
     probe_logger = None
