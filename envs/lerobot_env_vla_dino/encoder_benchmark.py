@@ -60,7 +60,7 @@ class EncoderBenchmarkConfig:
     image_size: int = 56  # rendered frames = encoder input side (multiple of every encoder's patch size)
     frame_stride: int = 2
     episode_seed: int = 1000  # benchmark episodes use seeds from here (keep them apart from pretraining data)
-    budgets: list[int] = field(default_factory=lambda: [25, 50, 200])  # labelled frames for state probes
+    budgets: list[int] = field(default_factory=lambda: [25, 50, 150])  # labelled frames for state probes (≤ ~199 at 72 episodes)
     dense_budgets: list[int] = field(default_factory=lambda: [10, 50])  # labelled frames (all their patches) for dense probes
     draws: int = 5  # label draws per budget
     random_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # random-init baselines per DINO architecture
