@@ -180,7 +180,10 @@ def resnet_state_r2(
 # ---------------------------------------------------------------- splits
 def split_rows(scenes: SceneData) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """(train rows, test rows) per split; within each condition, alternate episodes are held out."""
-    clean = next(i for i, c in enumerate(scenes.conditions) if c.is_clean)
+    clean = next((i for i, c in enumerate(scenes.conditions) if c.is_clean), None)
+    if clean is None:
+        raise ValueError(f"the scenes have no clean episodes (conditions {[c.name for c in scenes.conditions]}); "
+                         "collect them with the benchmark's conditions, clean included")
     held = np.zeros(len(scenes), dtype=bool)
     for condition in np.unique(scenes.condition):
         episodes = np.unique(scenes.episode[scenes.condition == condition])
