@@ -3,7 +3,9 @@ clip, AdamW, EMA) — ours (`vla_dino.ssl.SSLModel`) beside the peer a user woul
 pick: lightly's DINOLoss / IBOTPatchLoss / KoLeoLoss / DINOv2ProjectionHead /
 update_momentum around the same transformers ViT, written like lightly's DINOv2 example.
 
-Same encoder weights, same crops and masks, same batch, one process. Prints a table with
+Same encoder weights, same crops and masks, same batch, one process. The lightly step lives in
+`benchmarks/lightly_peer.py` (shared with `ssl_peer_training.py`, which trains both to compare
+what they learn). Prints a table with
 median step time and peak memory (CUDA only; CPU has no allocator peak to read) and the
 ratio peer / ours. Needs `pip install lightly` (used with --no-deps is enough: only
 lightly.loss / lightly.models are imported).
@@ -23,6 +25,8 @@ import torch
 
 from vla_dino.encoder import DinoEncoder
 from vla_dino.ssl import MultiCropAugmentation, MultiCropBatch, SSLConfig, SSLModel
+
+from lightly_peer import LightlyStep  # benchmarks/lightly_peer.py (this script's folder), shared with ssl_peer_training.py
 
 
 def make_config(args: argparse.Namespace, centering: str) -> SSLConfig:
@@ -51,62 +55,6 @@ class OursStep:
         self.optimizer.zero_grad(set_to_none=True)
         self.model.update_teacher(step)
         return out.loss.item()
-
-
-class LightlyStep:
-    """lightly's examples/pytorch/dinov2.py step with a transformers Dinov2Model backbone."""
-
-    name = "lightly 1.6 losses"
-
-    def __init__(self, encoder: DinoEncoder, config: SSLConfig, steps: int) -> None:
-        from lightly.loss import DINOLoss, IBOTPatchLoss, KoLeoLoss
-        from lightly.models.modules import DINOv2ProjectionHead
-
-        device = next(encoder.parameters()).device
-        heads = config.heads
-        self.student_backbone = encoder.model
-        self.teacher_backbone = copy.deepcopy(encoder.model).requires_grad_(False).eval()
-        def head() -> torch.nn.Module:
-            return DINOv2ProjectionHead(encoder.hidden_size, heads.hidden_dim, heads.bottleneck_dim, heads.num_prototypes).to(device)
-
-        self.student_head = head()
-        self.teacher_head = head().requires_grad_(False).eval()  # old-style weight_norm: no deepcopy
-        self.teacher_head.load_state_dict(self.student_head.state_dict())
-        self.dino = DINOLoss(output_dim=heads.num_prototypes).to(device)
-        self.ibot = IBOTPatchLoss(output_dim=heads.num_prototypes).to(device)
-        self.koleo = KoLeoLoss().to(device)
-        params = list(self.student_backbone.parameters()) + list(self.student_head.parameters())
-        self.optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.04)
-        self.params = params
-        self.grid = config.crops.global_size // encoder.patch_size
-
-    def __call__(self, batch: MultiCropBatch, step: int) -> float:
-        from lightly.models.utils import update_momentum
-
-        views = batch.global_crops.shape[0] // batch.batch_size + batch.num_local
-        mask = batch.masks
-        with torch.no_grad():
-            teacher = self.teacher_backbone(batch.global_crops).last_hidden_state
-            teacher_cls_out = self.teacher_head(teacher[:, 0])
-            teacher_masked_out = self.teacher_head(teacher[:, 1:][mask])
-        student = self.student_backbone(batch.global_crops, bool_masked_pos=mask).last_hidden_state
-        student_global_cls_out = self.student_head(student[:, 0])
-        student_masked_out = self.student_head(student[:, 1:][mask])
-        student_local = self.student_backbone(batch.local_crops).last_hidden_state
-        student_local_cls_out = self.student_head(student_local[:, 0])
-        student_cls_out = torch.cat([student_global_cls_out, student_local_cls_out])
-        dino = self.dino(teacher_out=list(teacher_cls_out.chunk(2)), student_out=list(student_cls_out.chunk(views)), teacher_temp=0.04)
-        ibot = self.ibot(teacher_out=teacher_masked_out, student_out=student_masked_out,
-                         mask=mask.view(-1, self.grid, self.grid), teacher_temp=0.04)
-        koleo = 0.1 * sum(self.koleo(t) for t in student[:, 0].chunk(2))
-        loss = dino + ibot + koleo
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.params, 3.0)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        update_momentum(self.student_backbone, self.teacher_backbone, m=0.992)
-        update_momentum(self.student_head, self.teacher_head, m=0.992)
-        return loss.item()
 
 
 def measure(step_fn, batch: MultiCropBatch, device: torch.device, warmup: int, iters: int) -> tuple[float, float | None]:
