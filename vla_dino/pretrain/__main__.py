@@ -11,7 +11,7 @@ import logging
 import sys
 from typing import Any, Sequence
 
-from vla_dino.pretrain.config import load_config, parse_override_value, preset_path
+from vla_dino.pretrain.config import PRESET_DIR, load_config, parse_override_value, preset_path
 from vla_dino.pretrain.errors import EXIT_CODES, EXIT_SIGINT, EXIT_SIGTERM, ConfigError, PretrainError
 
 DEFAULT_PRESET = "vits14_scratch"
@@ -31,8 +31,8 @@ SHORTCUTS = {
 }
 
 EPILOG = f"""\
-Config: the recipe lives in YAML presets (configs/pretrain/*.yaml): cpu_smoke, demo_sim, vits14_scratch,
-vitb14_scratch, vitl14_scratch, continue_dinov2_base. Default preset: {DEFAULT_PRESET}.
+Config: the recipe lives in YAML presets (configs/pretrain/*.yaml): {', '.join(sorted(p.stem for p in PRESET_DIR.glob('*.yaml')))}.
+Default preset: {DEFAULT_PRESET}.
 Any config field can be overridden with its dotted path, either form:
   --ssl.optim.base_lr 1e-4   --train.precision=bf16   --set log.every_steps=5
 Values are read as YAML (1e-4, true, null, [a, b]). Sections: output_dir, model.*, data.*,
