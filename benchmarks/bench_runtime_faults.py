@@ -328,6 +328,64 @@ def raw_request(address: tuple[str, int], data: bytes) -> str:
     return status
 
 
+# ---------------------------------------------------------------------- interleaved comparison
+
+
+def _load_legacy(path: str) -> Any:
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("legacy_policy_server", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def compare(predictor: Any, observation: dict, n: int, legacy_path: str | None) -> None:
+    """p50/p99 of each stack with requests interleaved call by call, so load drift hits all alike."""
+    from vla_dino.runtime.server import PolicyServer, ServerConfig
+
+    stacks: list[tuple[str, Callable[[], None], Callable[[], tuple[str, int]]]] = []
+    ours = PolicyServer(predictor, ServerConfig(host=HOST, port=0, token=TOKEN)).start()
+    stacks.append(("vla_dino asyncio server", ours.shutdown, lambda: ours.address))
+    if legacy_path:
+        legacy_module = _load_legacy(legacy_path)
+        legacy = legacy_module.PolicyServer(predictor, legacy_module.ServerConfig(host=HOST, port=0, token=TOKEN)).start()
+        stacks.append((f"legacy http.server ({Path(legacy_path).name})", legacy.shutdown, lambda: legacy.address))
+    try:
+        uvi = _UvicornHandle(predictor, max_connections=64, max_queue=4)
+        stacks.append((f"uvicorn {uvi.version} (raw ASGI)", uvi.stop, lambda: tuple(uvi.address)))
+    except ImportError:
+        print("uvicorn not importable: skipped")
+    clients = [PolicyClient(*address(), token=TOKEN, timeout_s=10) for _, _, address in stacks]
+    inproc: list[float] = []
+    times: list[list[float]] = [[] for _ in stacks]
+    try:
+        for client in clients:
+            for _ in range(20):
+                client.predict_chunk(observation)
+        for _ in range(n):
+            start = time.perf_counter()
+            predictor.predict_chunk(observation)
+            inproc.append((time.perf_counter() - start) * 1e3)
+            for i, client in enumerate(clients):
+                start = time.perf_counter()
+                client.predict_chunk(observation)
+                times[i].append((time.perf_counter() - start) * 1e3)
+    finally:
+        for client in clients:
+            client.close()
+        for _, stop, _ in stacks:
+            stop()
+    p50_in, p99_in = percentiles(inproc)
+    print(f"{'stack (keep-alive, interleaved)':<40}{'p50 ms':>9}{'p99 ms':>9}{'overhead p50':>14}")
+    print(f"{'in-process predict_chunk':<40}{p50_in:>9.3f}{p99_in:>9.3f}{'':>14}")
+    for (name, _, _), values in zip(stacks, times):
+        p50, p99 = percentiles(values)
+        print(f"{name:<40}{p50:>9.3f}{p99:>9.3f}{p50 - p50_in:>11.3f} ms")
+
+
 # ---------------------------------------------------------------------- main
 
 
@@ -345,6 +403,11 @@ def main() -> None:
     parser.add_argument("--trickle-s", type=float, default=4.0, help="slowloris: seconds between header lines")
     parser.add_argument("--attack-s", type=float, default=12.0, help="client time under each attack (> the 10 s read timeout of http.server)")
     parser.add_argument("--max-seconds", type=float, default=300.0, help="the whole run stops after this")
+    parser.add_argument("--compare", type=int, default=0,
+                        help="instead of the fault table: N keep-alive requests to each available stack, interleaved call by "
+                             "call in one process (fair on a busy machine): ours, uvicorn if importable, --legacy-server")
+    parser.add_argument("--legacy-server", default=None,
+                        help="a previous server.py to include in --compare, e.g. from `git show <commit>:vla_dino/runtime/server.py`")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
@@ -369,6 +432,10 @@ def main() -> None:
     print(f"machine: {machine_name('cpu')}; stack: {args.stack}; policy: "
           f"{'tiny ACT (random init), 1 camera 32x32, CPU fp32' if args.policy == 'act' else 'constant chunk (no model)'}, "
           f"chunk {act.spec.chunk_size}x{act.spec.action_dim}\n")
+
+    if args.compare:
+        compare(runtime, observation, args.compare, args.legacy_server)
+        return
 
     inproc = []
     for _ in range(args.inprocess):
