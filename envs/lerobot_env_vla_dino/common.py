@@ -44,7 +44,7 @@ def float_state(**arrays: Any) -> dict[str, np.ndarray]:
 
 
 def set_fast_render(model: mujoco.MjModel) -> None:
-    """CPU rendering ~7x faster (DESIGN.md §3): no multisampling, no shadows, no reflections."""
+    """CPU rendering ~7x faster (measured with llvmpipe EGL at 224², ~10 → ~70 steps/s): no multisampling, no shadows, no reflections."""
     model.vis.quality.offsamples = 0
     model.light_castshadow[:] = 0
     model.mat_reflectance[:] = 0

@@ -68,7 +68,7 @@ def history_indices(episodes: np.ndarray, history: int) -> np.ndarray:
 
 # ---------------------------------------------------------------- encoders
 ENCODER_SPECS = "vit:<size>[@seed<N>], dino:<source>, pixels[:<side>], adapter:<dino>+<siglip>, adapter_dir:<folder>, resnet18_scratch"
-PIXEL_SIDE = 12  # raw-pixel baseline: frames area-averaged to 12 × 12 (DESIGN.md §8)
+PIXEL_SIDE = 12  # raw-pixel baseline: frames area-averaged to 12 × 12 (already R² ≈ 0.99 for hand/object position from a fixed camera)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from gymnasium import spaces
 from lerobot_env_vla_dino.common import ManipulationEnv, MujocoCameras, as_size, float_state
 
 TASK_NAMES: list[str] = list(metaworld.MT1.ENV_NAMES)
-# Meta-World's corner cameras are defined upside down (DESIGN.md §3): flip both axes.
+# Meta-World's corner cameras render upside down (metaworld 3.1.1 assets, mujoco 3.3.0): flip both axes.
 FLIPPED_CAMERAS = ("corner", "corner2", "corner3", "corner4")
 
 

@@ -34,7 +34,7 @@ def _push_scene(camera: str, size: int):
     sim = env.unwrapped
     env.reset(seed=0)
     model, data = sim.sim.model, sim.sim.data
-    mujoco.mj_forward(model, data)  # Meta-World's reset can leave body poses stale (DESIGN.md §8)
+    mujoco.mj_forward(model, data)  # Meta-World's reset_model can move bodies without recomputing the state
     return env, sim, model, data
 
 
