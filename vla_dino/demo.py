@@ -175,7 +175,7 @@ def probe(config: DemoConfig, folder: Path, scenes: str, pretrained: str) -> dic
 
     budgets = list(config.benchmark_budgets)
     benchmark = EncoderBenchmarkConfig(
-        encoders=[f"dino:{pretrained}"], task=config.task, scenes=scenes, image_size=config.image_size,
+        encoders=[f"{config.pretrain_preset}=dino:{pretrained}"], task=config.task, scenes=scenes, image_size=config.image_size,
         budgets=budgets, dense_budgets=list(config.benchmark_dense_budgets), draws=5, random_seeds=[0, 1, 2], resnet_splits=["clean"],
         resnet_budgets=[budgets[-1]], resnet_steps=config.resnet_steps, device=config.device, out_dir=str(folder),
         seed=config.seed,
@@ -219,8 +219,8 @@ def rollout(config: DemoConfig, folder: Path, policies: dict[str, str]) -> dict[
 
 
 def probe_curve(run: Path, out: Path) -> Path | None:
-    """The pretraining probe (held-out retrieval under a photometric change) against step, with the
-    same probe on raw pixels as a flat line; step 0 is the random init."""
+    """The pretraining probe against step (step 0 is the random init): held-out retrieval under a
+    photometric change, with chance and raw pixels as flat lines, and RankMe."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -231,13 +231,16 @@ def probe_curve(run: Path, out: Path) -> Path | None:
     rows = read_metrics(run / "probe.jsonl")
     if not rows:
         return None
-    fig, ax = plt.subplots(figsize=(5.5, 3.4))
-    ax.plot([r["step"] for r in rows], [r["probe/retrieval_changed"] for r in rows], marker="o", label="pretrained teacher (step 0 = random init)")
+    steps = [r["step"] for r in rows]
+    fig, (ax, rank) = plt.subplots(1, 2, figsize=(10, 3.4))
+    ax.plot(steps, [r["probe/retrieval_changed"] for r in rows], marker="o", label="pretrained teacher (step 0 = random init)")
     ax.axhline(rows[0]["probe/retrieval_chance"], color="grey", linestyle=":", label="chance")
     if "probe/pixels_retrieval_changed" in rows[0]:
         ax.axhline(rows[0]["probe/pixels_retrieval_changed"], color="tab:green", linestyle="--", label="raw pixels (12×12)")
-    ax.set(xlabel="pretraining step", ylabel="hit rate", title="probe: held-out retrieval under a colour/light change")
+    ax.set(xlabel="pretraining step", ylabel="hit rate", title="held-out retrieval under a colour/light change")
     ax.legend(fontsize=7)
+    rank.plot(steps, [r["probe/rankme"] for r in rows], marker="o", color="tab:purple")
+    rank.set(xlabel="pretraining step", ylabel="RankMe", title="effective dimension of held-out features")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
