@@ -304,32 +304,39 @@ def markdown_tables(results: list[EncoderScores], config: EncoderBenchmarkConfig
     return "\n".join(lines)
 
 
-def plot(results: list[EncoderScores], config: EncoderBenchmarkConfig, path: Path) -> Path:
+def plot(results: list[EncoderScores], config: EncoderBenchmarkConfig, path: Path, floor: float = -1.0) -> Path:
+    """State R² against labelled frames per split; seed groups as a band (min–max). Values below
+    `floor` (far-negative R² of probes extrapolating under held-out conditions) are drawn at it."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     splits = list(results[0].state)
-    figure, axes = plt.subplots(1, len(splits), figsize=(4.2 * len(splits), 3.4), squeeze=False)
+    figure, axes = plt.subplots(1, len(splits), figsize=(4.2 * len(splits), 3.6), squeeze=False)
     groups = list(dict.fromkeys(r.group for r in results))
+    colours = {group: f"C{i}" for i, group in enumerate(groups)}
     for ax, split in zip(axes[0], splits):
         for group in groups:
             rows = [r for r in results if r.group == group and split in r.state]
             if not rows:
                 continue
             budgets = list(rows[0].state[split])  # ResNet-18 may run at fewer budgets
-            means = np.array([[r.state[split][b].mean for b in budgets] for r in rows])
-            line = ax.plot(budgets, means.mean(0), marker="o", label=group[:40])[0]
+            means = np.maximum(np.array([[r.state[split][b].mean for b in budgets] for r in rows]), floor)
+            ax.plot(budgets, means.mean(0), marker="o", color=colours[group], label=group[:40])
             if len(rows) > 1:
-                ax.fill_between(budgets, means.min(0), means.max(0), color=line.get_color(), alpha=0.2)
+                ax.fill_between(budgets, means.min(0), means.max(0), color=colours[group], alpha=0.2)
         ax.set_xscale("log")
+        ax.set_xticks(config.budgets, [str(b) for b in config.budgets])
+        ax.minorticks_off()
+        clipped = any(r.state[split][b].mean < floor for r in results if split in r.state for b in r.state[split])
         ax.set_xlabel("labelled frames")
-        ax.set_title(f"state R², {split}")
+        ax.set_title(f"state R², {split}" + (f" (below {floor:g} drawn at {floor:g})" if clipped else ""))
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("mean R² (held-out episodes)")
-    axes[0][-1].legend(fontsize=7, loc="lower right")
-    figure.tight_layout()
+    handles = [plt.Line2D([], [], color=colours[g], marker="o", label=g[:40]) for g in groups]
+    figure.legend(handles=handles, loc="lower center", ncol=min(len(groups), 4), fontsize=7, frameon=False)
+    figure.tight_layout(rect=(0, 0.1, 1, 1))
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return path
