@@ -24,7 +24,7 @@ import time
 import torch
 
 from vla_dino.encoder import DinoEncoder
-from vla_dino.ssl import MultiCropAugmentation, MultiCropBatch, SSLConfig, SSLModel
+from vla_dino.ssl import MultiCropAugmentation, MultiCropBatch, SSLConfig, SSLModel, SSLOutput
 
 from lightly_peer import LightlyStep  # benchmarks/lightly_peer.py (this script's folder), shared with ssl_peer_training.py
 
@@ -46,7 +46,8 @@ class OursStep:
         self.model = SSLModel(config, encoder, total_steps=steps).to(next(encoder.parameters()).device).train()
         self.optimizer = torch.optim.AdamW(self.model.param_groups(), betas=config.optim.betas)
 
-    def __call__(self, batch: MultiCropBatch, step: int) -> float:
+    def step(self, batch: MultiCropBatch, step: int) -> SSLOutput:
+        """schedules → forward → backward → clip → AdamW → EMA teacher; the step's output."""
         self.model.apply_schedules(self.optimizer, step)
         out = self.model(batch, step)
         out.loss.backward()
@@ -54,7 +55,10 @@ class OursStep:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.model.update_teacher(step)
-        return out.loss.item()
+        return out
+
+    def __call__(self, batch: MultiCropBatch, step: int) -> float:
+        return self.step(batch, step).loss.item()
 
 
 def measure(step_fn, batch: MultiCropBatch, device: torch.device, warmup: int, iters: int) -> tuple[float, float | None]:

@@ -56,6 +56,7 @@ from vla_dino.pretrain.config import PretrainConfig, load_config, parse_override
 from vla_dino.ssl import MultiCropAugmentation, MultiCropBatch, SSLModel
 from vla_dino.ssl.heads import DinoHead
 
+from bench_ssl_step import OursStep  # benchmarks/bench_ssl_step.py (this script's folder)
 from lightly_peer import LightlyStep  # benchmarks/lightly_peer.py (this script's folder)
 from machine import machine_name  # benchmarks/machine.py (this script's folder)
 
@@ -144,8 +145,9 @@ def crops_for_step(augment: MultiCropAugmentation, frames: torch.Tensor, index: 
 
 
 # ---------------------------------------------------------------- the three runs
-class OursRun:
-    """`SSLModel` stepped as vla_dino/pretrain/train.py does (fp32, no autocast)."""
+class OursRun(OursStep):
+    """`SSLModel` stepped as vla_dino/pretrain/train.py does (fp32, no autocast), with the step of
+    bench_ssl_step.py."""
 
     def __init__(self, encoder: DinoEncoder, config: PretrainConfig, centering: str, seed: int) -> None:
         ssl = copy.deepcopy(config.ssl)
@@ -155,13 +157,7 @@ class OursRun:
         self.optimizer = torch.optim.AdamW(self.model.param_groups(), lr=0.0, weight_decay=0.0, betas=tuple(ssl.optim.betas))
 
     def __call__(self, batch: MultiCropBatch, step: int) -> dict[str, float]:
-        self.model.apply_schedules(self.optimizer, step)
-        out = self.model(batch, step)
-        out.loss.backward()
-        self.model.clip_gradients()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.model.update_teacher(step)
+        out = self.step(batch, step)
         m = out.metrics
         return {
             "loss": float(out.loss.detach()), "dino": float(m["dino_local"] + m["dino_global"]), "ibot": float(m.get("ibot", 0.0)),

@@ -103,12 +103,13 @@ class MujocoCameras:
         return self._renderer
 
     def render(self, data: mujoco.MjData) -> dict[str, np.ndarray]:
-        frames = {}
-        for name, camera in self.cameras.items():
-            self.renderer.update_scene(data, camera)
-            frame = self.renderer.render()
-            frames[name] = np.ascontiguousarray(frame[::-1, ::-1] if name in self.flipped else frame)
-        return frames
+        return {name: self.render_camera(data, name) for name in self.cameras}
+
+    def render_camera(self, data: mujoco.MjData, name: str) -> np.ndarray:
+        """One camera's frame, upright, in the renderer's current mode (RGB, depth or segmentation)."""
+        self.renderer.update_scene(data, self.cameras[name])
+        frame = self.renderer.render()
+        return np.ascontiguousarray(frame[::-1, ::-1] if name in self.flipped else frame)
 
     def project(self, data: mujoco.MjData, camera_name: str, point: Sequence[float]) -> tuple[float, float]:
         """(row, col) of world `point` in the frame `render` returns for `camera_name`.

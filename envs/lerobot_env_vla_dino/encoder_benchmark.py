@@ -43,7 +43,8 @@ import draccus
 import numpy as np
 import torch
 
-from lerobot_env_vla_dino.encoder_probes import DinoFrames, EncodedFrames, PixelFrames, Spread, dense_probes, few_label_r2
+from lerobot_env_vla_dino.encoder_probes import DinoFrames, EncodedFrames, PixelFrames, Spread, _draw, dense_probes, few_label_r2
+from lerobot_env_vla_dino.probes import r2_score
 from lerobot_env_vla_dino.scene_data import SceneData, collect_scenes
 from lerobot_env_vla_dino.visual import BENCHMARK_CONDITIONS, SEGMENT_CLASSES, condition_table, patch_targets
 
@@ -133,7 +134,6 @@ def resnet_state_r2(
     batch 32, random shifts of ±4 px)."""
     from torchvision.models import resnet18
 
-    from lerobot_env_vla_dino.encoder_probes import _draw
     from vla_dino.encoder import IMAGENET_MEAN, IMAGENET_STD
 
     rng = np.random.default_rng(seed)
@@ -167,12 +167,12 @@ def resnet_state_r2(
     net.eval()
     with torch.no_grad():
         predicted = torch.cat([net(pixels(images[test_rows[i : i + 128]])) for i in range(0, len(test_rows), 128)])
-    predicted = predicted.double().cpu().numpy() * std + mean
+    predicted = torch.as_tensor(predicted.double().cpu().numpy() * std + mean)
+    truth, reference = torch.as_tensor(y[test_rows]), torch.as_tensor(y[rows].mean(0))
     scores, start = [], 0
     for width in widths:
-        truth, guess = y[test_rows, start : start + width], predicted[:, start : start + width]
-        reference = y[rows, start : start + width].mean(0)
-        scores.append(1.0 - ((truth - guess) ** 2).sum() / max(((truth - reference) ** 2).sum(), 1e-12))
+        part = slice(start, start + width)
+        scores.append(r2_score(truth[:, part], predicted[:, part], reference[part]))
         start += width
     return float(np.mean(scores))
 

@@ -173,30 +173,22 @@ class DenseLabels:
         self.cameras = cameras  # a common.MujocoCameras
         self.geom_classes = body_classes(cameras.model, robot_root, background_bodies)[cameras.model.geom_bodyid]
 
-    def _render(self, data: mujoco.MjData, camera: str) -> np.ndarray:
+    def _render(self, data: mujoco.MjData, camera: str, mode: str) -> np.ndarray:
+        """`camera`'s frame with the renderer switched to `mode` ("depth" | "segmentation") and back to RGB."""
         renderer = self.cameras.renderer
-        renderer.update_scene(data, self.cameras.cameras[camera])
-        frame = renderer.render()
-        return np.ascontiguousarray(frame[::-1, ::-1] if camera in self.cameras.flipped else frame)
+        getattr(renderer, f"enable_{mode}_rendering")()
+        try:
+            return self.cameras.render_camera(data, camera)
+        finally:
+            getattr(renderer, f"disable_{mode}_rendering")()
 
     def depth(self, data: mujoco.MjData, camera: str) -> np.ndarray:
         """float32 (H, W) distance along the camera axis in metres, clipped at `FAR_DEPTH`."""
-        renderer = self.cameras.renderer
-        renderer.enable_depth_rendering()
-        try:
-            depth = self._render(data, camera)
-        finally:
-            renderer.disable_depth_rendering()
-        return np.minimum(depth, FAR_DEPTH).astype(np.float32)
+        return np.minimum(self._render(data, camera, "depth"), FAR_DEPTH).astype(np.float32)
 
     def segmentation(self, data: mujoco.MjData, camera: str) -> np.ndarray:
         """int64 (H, W) class map (indices into `SEGMENT_CLASSES`)."""
-        renderer = self.cameras.renderer
-        renderer.enable_segmentation_rendering()
-        try:
-            ids = self._render(data, camera)
-        finally:
-            renderer.disable_segmentation_rendering()
+        ids = self._render(data, camera, "segmentation")
         object_id, object_type = ids[..., 0], ids[..., 1]
         classes = np.zeros(object_id.shape, dtype=np.int64)  # background where nothing is hit
         is_geom = (object_type == int(mujoco.mjtObj.mjOBJ_GEOM)) & (object_id >= 0)
