@@ -254,7 +254,8 @@ def report(config: DemoConfig, folder: Path, stages: dict[str, dict[str, Any]]) 
     import matplotlib.pyplot as plt
 
     from vla_dino.encoder import DinoEncoder
-    from vla_dino.visualize import load_frames, render_grid
+    from vla_dino.data import load_frame_tensor
+    from vla_dino.visualize import render_grid
 
     pre = stages["pretrain"]
     run = Path(pre["run"])
@@ -280,7 +281,7 @@ def report(config: DemoConfig, folder: Path, stages: dict[str, dict[str, Any]]) 
     curve = probe_curve(run, folder / "probe_vs_step.png")
 
     # PCA feature maps and CLS attention, before/after
-    frames = load_frames(stages["collect"]["frames"], 4, config.image_size * 2, None)
+    frames = load_frame_tensor(stages["collect"]["frames"], config.image_size * 2, num_frames=4)
     render_grid(frames, [("random init", DinoEncoder.from_pretrained(pre["random_init"])),
                          ("pretrained", DinoEncoder.from_pretrained(pre["pretrained"]))],
                 folder / "features_before_after.png", cell_px=160)

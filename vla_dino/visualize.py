@@ -19,7 +19,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 from typing import Sequence
 
@@ -29,10 +28,8 @@ import torch.nn.functional as F
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from vla_dino.data import FrameDataset, discover_sources
+from vla_dino.data import load_frame_tensor
 from vla_dino.encoder import DinoEncoder, ImagePreprocessor, size_names
-
-logger = logging.getLogger(__name__)
 
 
 def _min_max(values: torch.Tensor, dim: int = 0) -> torch.Tensor:
@@ -81,22 +78,6 @@ def cls_attention_map(encoder: DinoEncoder, pixels: torch.Tensor) -> torch.Tenso
     patch = encoder.patch_size
     height, width = pixels.shape[-2] // patch, pixels.shape[-1] // patch
     return attentions[:, :, 0, prefix:].mean(dim=1).reshape(pixels.shape[0], height, width)
-
-
-def load_frames(paths: Sequence[str | Path], num_frames: int, size: int, cameras: Sequence[str] | None = None) -> torch.Tensor:
-    """`num_frames` readable frames spread evenly over everything found, uint8 (N, 3, size, size)."""
-    dataset = FrameDataset(discover_sources(paths, cameras), frame_size=size)
-    chosen = np.unique(np.linspace(0, len(dataset) - 1, min(num_frames, len(dataset))).round().astype(int))
-    frames = []
-    for index in chosen:
-        sample = dataset[int(index)]
-        if sample is not None:
-            frames.append(sample["frame"])
-    if not frames:
-        raise RuntimeError(f"none of the chosen frames could be read:\n{dataset.skipped_summary()}")
-    if len(frames) < len(chosen):
-        logger.warning("%d of %d frames unreadable:\n%s", len(chosen) - len(frames), len(chosen), dataset.skipped_summary())
-    return torch.stack(frames)
 
 
 def _upsample(maps: torch.Tensor, size: int) -> np.ndarray:
@@ -171,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     args = build_parser().parse_args(argv)
     if args.num_frames < 1:
         raise SystemExit(f"--num-frames {args.num_frames}: expected at least 1")
-    frames = load_frames(args.frames, args.num_frames, args.size, args.cameras)
+    frames = load_frame_tensor(args.frames, args.size, args.num_frames, args.cameras)
     encoders = [(spec, DinoEncoder.from_source(spec)) for spec in args.encoder]
     out = render_grid(frames, encoders, args.out, args.foreground_threshold, args.cell_px, args.device)
     print(f"wrote {out} ({len(frames)} frames × {len(encoders)} encoder(s))")

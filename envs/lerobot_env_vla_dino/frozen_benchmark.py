@@ -38,7 +38,7 @@ from torch import nn
 
 from lerobot_env_vla_dino.collect import collect_demos, make_env, scene_editor
 from lerobot_env_vla_dino.evaluate import evaluate, wilson_interval
-from lerobot_env_vla_dino.probes import encoder_features, load_frames
+from lerobot_env_vla_dino.probes import encoder_features, load_demo_arrays
 from lerobot_env_vla_dino.registration import metaworld_id
 from lerobot_env_vla_dino.scene_data import episode_conditions
 from lerobot_env_vla_dino.visual import BENCHMARK_CONDITIONS, VisualCondition
@@ -383,7 +383,7 @@ def demos_for(config: FrozenBenchmarkConfig, task: str) -> dict[str, Any]:
             image_size=config.image_size, use_videos=False, max_steps=config.demo_max_steps,
             drop_failures=not config.keep_failed_demos, max_attempts=attempts, conditions=conditions,
         )
-    return load_frames(root, repo_id=f"vla_dino/{task}")
+    return load_demo_arrays(root, repo_id=f"vla_dino/{task}")
 
 
 def run_one(config: FrozenBenchmarkConfig, task: str, spec: str, demos: dict[str, Any]) -> list[BenchmarkRow]:

@@ -171,7 +171,7 @@ def encoder_features(encoder: Any, images: np.ndarray, batch_size: int = 64, ima
     return np.concatenate(outputs)
 
 
-def load_frames(root: str | Path, camera: str | None = None, repo_id: str = "vla_dino/demos") -> dict[str, Any]:
+def load_demo_arrays(root: str | Path, camera: str | None = None, repo_id: str = "vla_dino/demos") -> dict[str, Any]:
     """A dataset written by `collect_demos`, as arrays: `images` (N, H, W, 3) uint8 of one camera,
     `episodes` (N,), `agent_pos` (N, S), `actions` (N, A), `states` {name: (N, k)} and `camera`."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
@@ -216,7 +216,7 @@ def probe_dataset(
 
     Variables that never vary in the dataset (e.g. a fixed goal) are skipped: R² is undefined there.
     """
-    data = load_frames(root, camera)
+    data = load_demo_arrays(root, camera)
     states = data["states"]
     names = variables or [n for n, v in states.items() if np.ptp(v, axis=0).max() > 1e-6]
     missing = [n for n in names if n not in states]

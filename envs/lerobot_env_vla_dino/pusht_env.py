@@ -64,10 +64,6 @@ class PushTEnv(ManipulationEnv):
             coverage=self.coverage,
         )
 
-    def block_pose(self) -> np.ndarray:
-        """(x, y, angle) of the T's body frame."""
-        return np.array([*self.sim.block.position, self.sim.block.angle], dtype=np.float64)
-
     def goal_pose(self) -> np.ndarray:
         return np.asarray(self.sim.goal_pose, dtype=np.float64)
 

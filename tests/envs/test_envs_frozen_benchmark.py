@@ -49,7 +49,7 @@ from lerobot_env_vla_dino.frozen_benchmark import (  # noqa: E402
     validate,
     write_report,
 )
-from lerobot_env_vla_dino.probes import load_frames  # noqa: E402
+from lerobot_env_vla_dino.probes import load_demo_arrays  # noqa: E402
 from lerobot_env_vla_dino.visual import BENCHMARK_CONDITIONS  # noqa: E402
 
 
@@ -109,7 +109,7 @@ def test_demos_under_varied_conditions(tmp_path):
         "vla_dino/MetaWorld-reach-v3", 2, tmp_path / "demos", seed=0, drop_failures=False, image_size=32,
         use_videos=False, max_steps=3, conditions=conditions,
     )
-    frames = load_frames(root)
+    frames = load_demo_arrays(root)
     clean, dim = (frames["images"][frames["episodes"] == k].mean() for k in (0, 1))
     assert dim < 0.9 * clean
     with pytest.raises(ValueError, match="no MuJoCo model"):

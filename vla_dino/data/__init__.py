@@ -6,7 +6,7 @@ square uint8 frames (with optional stride and temporal neighbours) to a DataLoad
 """
 
 from vla_dino.data.base import SUPPORTED_INPUTS, FrameReadError, FrameSource, square_resize, to_rgb_uint8
-from vla_dino.data.dataset import FrameDataset, collate_frames
+from vla_dino.data.dataset import FrameDataset, collate_frames, load_frame_tensor
 from vla_dino.data.discovery import NoFramesError, deduplicate_sources, discover_sources
 from vla_dino.data.scan import ScanResult, scan_sources
 
@@ -20,6 +20,7 @@ __all__ = [
     "collate_frames",
     "deduplicate_sources",
     "discover_sources",
+    "load_frame_tensor",
     "scan_sources",
     "square_resize",
     "to_rgb_uint8",

@@ -13,6 +13,7 @@ puts them in `batch["skipped"]`, and `dataset.merge_skipped(batch)` adds them to
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import uuid
@@ -25,11 +26,13 @@ import torch
 from torch.utils.data import Dataset, get_worker_info
 
 from vla_dino.data.base import FrameReadError, FrameSource, square_resize
-from vla_dino.data.discovery import NoFramesError
+from vla_dino.data.discovery import NoFramesError, discover_sources
 from vla_dino.data.hdf5 import HDF5Reader
 from vla_dino.data.images import ImageReader
 from vla_dino.data.lerobot import LeRobotReader
 from vla_dino.data.videos import VideoReader
+
+logger = logging.getLogger(__name__)
 
 # Skips recorded and not yet handed to a batch: (process id, dataset token, file, reason). A forked
 # worker inherits its parent's entries; the pid keeps them from being reported twice.
@@ -224,15 +227,6 @@ class FrameDataset(Dataset):
             lines.append(f"  {file}: {count} sample(s) skipped ({reason})")
         return "\n".join(lines)
 
-    def describe(self) -> str:
-        kinds = Counter(s.kind for s in self.sources)
-        cameras = sorted({s.camera for s in self.sources})
-        total = sum(s.num_frames for s in self.sources)
-        return (
-            f"{len(self.sources)} episode-camera sources ({', '.join(f'{k} ×{n}' for k, n in sorted(kinds.items()))}), "
-            f"cameras {', '.join(cameras)}; {total} frames, {len(self)} after stride {self.stride}"
-        )
-
 
 def collate_frames(samples: list[dict[str, Any] | None]) -> dict[str, Any]:
     """Stacks the readable samples; None entries are dropped and counted in `num_skipped`.
@@ -256,3 +250,19 @@ def collate_frames(samples: list[dict[str, Any] | None]) -> dict[str, Any]:
         batch["neighbor"] = torch.stack([s["neighbor"] for s in kept])
         batch["neighbor_frame_index"] = torch.tensor([s["neighbor_frame_index"] for s in kept], dtype=torch.long)
     return batch
+
+
+def load_frame_tensor(paths: str | os.PathLike | list[str | os.PathLike], frame_size: int, num_frames: int | None = None,
+                      cameras: list[str] | None = None) -> torch.Tensor:
+    """The readable frames found under ``paths`` as one uint8 (N, 3, frame_size, frame_size) tensor: all of them, or
+    ``num_frames`` spread evenly over everything found. Unreadable frames are left out with a warning that names them."""
+    dataset = FrameDataset(discover_sources(paths, cameras), frame_size=frame_size)
+    count = len(dataset) if num_frames is None else min(num_frames, len(dataset))
+    chosen = np.unique(np.linspace(0, len(dataset) - 1, count).round().astype(int))
+    samples = [dataset[int(index)] for index in chosen]
+    frames = [sample["frame"] for sample in samples if sample is not None]
+    if not frames:
+        raise RuntimeError(f"none of the chosen frames could be read:\n{dataset.skipped_summary()}")
+    if len(frames) < len(chosen):
+        logger.warning("%d of %d frames unreadable:\n%s", len(chosen) - len(frames), len(chosen), dataset.skipped_summary())
+    return torch.stack(frames)
