@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from vla_dino.device import resolve_device
 from vla_dino.pretrain.errors import DeviceError
 
 
@@ -31,24 +32,15 @@ class DistInfo:
         return self.world_size > 1
 
 
-def resolve_device(request: str, local_rank: int = 0) -> torch.device:
-    if request == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(request)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise DeviceError(f"--device {request}: CUDA is not available on this machine (use --device cpu or auto)")
-        if device.index is None:
-            device = torch.device(f"cuda:{local_rank}")
-    return device
-
-
 def init_distributed(device_request: str, backend: str) -> DistInfo:
     """Reads torchrun's RANK / LOCAL_RANK / WORLD_SIZE; world size 1 when they are absent."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(device_request, local_rank)
+    try:
+        device = resolve_device(device_request, local_rank)
+    except ValueError as error:  # the run's own exit code for an unavailable device
+        raise DeviceError(str(error)) from error
     if world_size > 1 and not dist.is_initialized():
         if backend == "auto":
             backend = "nccl" if device.type == "cuda" else "gloo"

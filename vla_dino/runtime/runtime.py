@@ -38,12 +38,12 @@ from lerobot.policies.pretrained import PreTrainedPolicy
 from lerobot.policies.utils import prepare_observation_for_inference
 from lerobot.utils.import_utils import register_third_party_plugins
 
+from vla_dino.device import PRECISIONS, autocast, resolve_device, resolve_dtype
 from vla_dino.runtime.guard import ActionGuard, UnsafeActionError
 from vla_dino.runtime.spec import ArraySpec, ObservationError, PolicySpec
 
 logger = logging.getLogger(__name__)
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Graph replay vs eager: same kernels, but capture may select other cuBLAS algorithms.
 GRAPH_CHECK_TOLERANCE = {"fp32": 1e-4, "bf16": 2e-2, "fp16": 1e-2}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -56,7 +56,7 @@ class RuntimeConfig:
     """How to run the policy (CLI-facing through ``vla_dino.runtime.serve``)."""
 
     device: str = "auto"  # "auto": cuda when available, else cpu
-    dtype: str = "auto"  # fp32 | bf16 | fp16 | auto (bf16 on CUDA, fp32 elsewhere); autocast, weights stay fp32
+    dtype: str = "auto"  # fp32 | bf16 | fp16 | auto (bf16 on CUDA, fp32 elsewhere): vla_dino.device; autocast, weights stay fp32
     cast_weights: bool = False  # store weights in the autocast dtype: no per-call fp32 -> bf16 weight casts
     compile: bool = False  # torch.compile(policy.predict_action_chunk)
     # "default" compiles a large policy in about a minute; "max-autotune*" benchmarks kernels (many minutes);
@@ -84,19 +84,10 @@ class RuntimeConfig:
             raise ValueError(f"--runtime.bounds_margin={self.bounds_margin}: must be >= 0")
 
     def resolved_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        device = torch.device(self.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"--runtime.device={self.device}: CUDA is not available on this machine")
-        return device
+        return resolve_device(self.device, flag="--runtime.device")
 
     def resolved_dtype(self, device: torch.device) -> str:
-        if self.dtype == "auto":
-            return "bf16" if device.type == "cuda" else "fp32"
-        if self.dtype not in DTYPES:
-            raise ValueError(f"--runtime.dtype={self.dtype!r}: expected one of {sorted(DTYPES)} or 'auto'")
-        return self.dtype
+        return resolve_dtype(self.dtype, device, flag="--runtime.dtype")
 
 
 def resolve_checkpoint_dir(path: str | Path) -> Path:
@@ -225,7 +216,7 @@ class PolicyRuntime:
         if self.config.cast_weights and self.dtype != "fp32":
             # Autocast would cast every fp32 weight to the compute dtype on every call (for a 776M-parameter
             # policy ~4.7 GB of memory traffic); matmuls see the same rounded weights either way.
-            self.policy.to(DTYPES[self.dtype])
+            self.policy.to(PRECISIONS[self.dtype])
             self._note(f"weights stored in {self.dtype}")
         self._predict: Callable[[dict], torch.Tensor] = policy.predict_action_chunk
         if self.config.compile:
@@ -332,12 +323,10 @@ class PolicyRuntime:
         logger.info("runtime: %s", message)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.dtype == "fp32":
-            return contextlib.nullcontext()
         # The weight-cast cache must be off while a CUDA graph is captured (torch.cuda graph docs); it only
         # lives for one autocast region, where each weight is cast once anyway, so it is off throughout
         # (one autocast state: torch.compile guards do not see a change between warm-up and capture).
-        return torch.autocast(device_type=self.device.type, dtype=DTYPES[self.dtype], cache_enabled=False)
+        return autocast(self.dtype, self.device, cache_enabled=False)
 
     def _policy_call(self, batch: dict) -> torch.Tensor:
         with self._autocast():
