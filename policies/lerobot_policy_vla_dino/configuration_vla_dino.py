@@ -15,7 +15,7 @@ tokenizer's proprio token.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, get_args
 
 from lerobot.configs import FeatureType, NormalizationMode, PreTrainedConfig
@@ -41,7 +41,11 @@ def camera_name(key: str) -> str:
 @dataclass
 class PolicyVisionConfig(VisionTokenizerConfig):
     """`VisionTokenizerConfig` with the vla_dino policy's defaults: the released DINOv2 ViT-S/14 with
-    registers, frozen, second-to-last block, 256 tokens of width 512 per 224² camera."""
+    registers, frozen, second-to-last block, 256 tokens of width 512 per 224² camera.
+
+    Two defaults differ from the adapter's: `dino` is a released model (the adapter's is a
+    random-init ViT-L), so the policy trains on pretrained features with no tower flag; `projector`
+    is the policy's own default since its first version (the adapter keeps OpenVLA's fused MLP)."""
 
     # First tower. The default, facebook/dinov2-with-registers-small (ViT-S/14 + 4 registers), is
     # downloaded from the Hugging Face hub on first use. Also: a size name (random init: vits14 …,
@@ -181,8 +185,21 @@ class VlaDinoConfig(PreTrainedConfig):
         keys = [OBS_STATE] if self.robot_state_feature is not None else []
         return keys + [OBS_ENV_STATE] if OBS_ENV_STATE in features else keys
 
+    @property
+    def camera_names(self) -> list[str]:
+        """The tokenizer's cameras: one per VISUAL input, in input order."""
+        return [camera_name(key) for key in self.image_features]
+
+    @property
+    def proprio_dim(self) -> int:
+        """Width of the proprio token's input: the `low_dim_keys` concatenated."""
+        return sum(self.input_features[key].shape[0] for key in self.low_dim_keys)
+
     def validate_features(self) -> None:
-        """Map LeRobot's inputs onto the tokenizer: cameras from VISUAL keys, proprio from STATE/ENV."""
+        """Map LeRobot's inputs onto the tokenizer: cameras from VISUAL keys, proprio from STATE/ENV.
+
+        `vision` becomes a new config with the inputs' `camera_names` and `proprio_dim` (the fields
+        a saved checkpoint records them in); every field the user set is carried over unchanged."""
         if not self.image_features:
             raise ValueError(
                 f"vla_dino needs at least one image input ('{OBS_IMAGE}' or '{OBS_IMAGES}.<camera>'); "
@@ -195,6 +212,4 @@ class VlaDinoConfig(PreTrainedConfig):
                 raise ValueError(f"input feature {key!r} of type {feature.type}: vla_dino reads images, state and env state")
             if feature.type is FeatureType.STATE and key != OBS_STATE:
                 raise ValueError(f"state feature {key!r}: vla_dino reads the state from {OBS_STATE!r}")
-        self.vision.camera_names = [camera_name(key) for key in self.image_features]
-        self.vision.proprio_dim = sum(self.input_features[key].shape[0] for key in self.low_dim_keys)
-        self.vision.__post_init__()  # re-validate the tokenizer config with the mapped fields
+        self.vision = replace(self.vision, camera_names=self.camera_names, proprio_dim=self.proprio_dim)

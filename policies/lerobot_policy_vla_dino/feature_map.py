@@ -10,32 +10,32 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from vla_dino.adapter.backbone import FusedBackbone
-from vla_dino.adapter.config import Dtype, ResizeMode, TrainMode, validate_tower_fields
+from vla_dino.adapter.config import TowerConfig, TrainMode
 
 
 @dataclass
-class TowerBackboneConfig:
+class TowerBackboneConfig(TowerConfig):
     """Which towers replace the ResNet, and how they train (the feature map is (B, C, h, w) with
-    C = the towers' widths and h×w their shared patch grid)."""
+    C = the towers' widths and h×w their shared patch grid).
+
+    The defaults differ from the adapter's (`TowerConfig`: OpenVLA's frozen second-to-last block)
+    because the towers stand in for ACT's / Diffusion's ResNet, which gives its last stage and
+    trains end to end: last block with its final norm, trained in full."""
+
+    where: ClassVar[str] = "policy.backbone"
 
     # First tower. The default, facebook/dinov2-with-registers-small (ViT-S/14 + 4 registers), is
     # downloaded from the Hugging Face hub on first use. Also: a size name (random init: vits14 …,
     # *_reg, tiny), another hub id, a local transformers folder (DINOv2, or DINOv3 ViT by its
     # model_type), a vla_dino pretrain export folder, or an official DINOv2 .pth/.safetensors file.
     dino: str = "facebook/dinov2-with-registers-small"
-    # Second tower fused on the channel axis: None = DINO only; a hub id
-    # (google/siglip-so400m-patch14-224), a local SigLIP or SigLIP 2 folder (by model_type), or
-    # "so400m" / "tiny" (random init). Both towers must give the same patch grid at image_size.
-    siglip: str | None = None
-    # Side in pixels camera images are resized to for the towers (a multiple of the patch sizes).
-    image_size: int = 224
-    # resize: stretch to image_size²; letterbox: keep the aspect ratio and pad.
-    resize_mode: ResizeMode = "resize"
     # Block whose output is the feature map: -1 last, -2 second-to-last (OpenVLA), 0-based otherwise.
     layer: int = -1
     # Apply each tower's final LayerNorm (with layer=-1: the released last-layer features).
@@ -43,21 +43,15 @@ class TowerBackboneConfig:
     # full: train every block up to `layer` at optimizer_lr_backbone, as ACT/Diffusion train their
     # ResNet; frozen; or last_n (the last `trainable_blocks` blocks of each tower).
     train_mode: TrainMode = "full"
-    # Blocks trained per tower with train_mode=last_n (0 otherwise).
-    trainable_blocks: int = 0
-    # Tower compute: float32, or bfloat16 autocast where the device supports it.
-    dtype: Dtype = "float32"
-
-    def __post_init__(self) -> None:
-        validate_tower_fields(self, "policy.backbone")
 
 
 class TowerFeatureMap(nn.Module):
     """Images (B, 3, H, W) in [0, 1] → patch-feature map (B, C, h, w) with C = the towers' widths."""
 
-    def __init__(self, config: TowerBackboneConfig) -> None:
+    def __init__(self, config: TowerBackboneConfig, architecture: Path | None = None) -> None:
+        """`architecture`: build the towers from saved architectures (see `FusedBackbone.from_config`)."""
         super().__init__()
-        self.towers = FusedBackbone.from_config(config)
+        self.towers = FusedBackbone.from_config(config, architecture)
 
     @property
     def out_channels(self) -> int:

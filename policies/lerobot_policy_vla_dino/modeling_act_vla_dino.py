@@ -7,6 +7,8 @@ under `model.backbone`, so ACT's `get_optim_params` gives them `optimizer_lr_bac
 
 # No `from __future__ import annotations`: LeRobot reads the `config` annotation of `__init__` as a class
 # (`issubclass(cfg_cls, signature(policy_cls.__init__).parameters["config"].annotation)`).
+from pathlib import Path
+
 from torch import nn
 
 from lerobot.policies.act.modeling_act import ACTPolicy
@@ -23,11 +25,11 @@ class ACTVlaDinoPolicy(SavedTowersMixin, ACTPolicy):
     name = "act_vla_dino"
     tower_field = "backbone"
 
-    def __init__(self, config: ACTVlaDinoConfig, **kwargs) -> None:
+    def __init__(self, config: ACTVlaDinoConfig, tower_architecture: Path | None = None, **kwargs) -> None:
         super().__init__(config, **kwargs)
         if not config.image_features:
             return  # environment-state-only ACT: there is no image backbone to swap
-        towers = TowerFeatureMap(config.backbone)
+        towers = TowerFeatureMap(config.backbone, tower_architecture)
         self.model.backbone = LayerDict(towers)
         self.model.encoder_img_feat_input_proj = nn.Conv2d(towers.out_channels, config.dim_model, kernel_size=1)
 

@@ -8,6 +8,8 @@ loss and observation/action queues are LeRobot's own code.
 
 # No `from __future__ import annotations`: LeRobot reads the `config` annotation of `__init__` as a class
 # (`issubclass(cfg_cls, signature(policy_cls.__init__).parameters["config"].annotation)`).
+from pathlib import Path
+
 from torch import nn
 
 from lerobot.policies.diffusion.modeling_diffusion import DiffusionPolicy, DiffusionRgbEncoder, SpatialSoftmax
@@ -29,13 +31,13 @@ class DiffusionVlaDinoPolicy(SavedTowersMixin, DiffusionPolicy):
     name = "diffusion_vla_dino"
     tower_field = "backbone"
 
-    def __init__(self, config: DiffusionVlaDinoConfig, **kwargs) -> None:
+    def __init__(self, config: DiffusionVlaDinoConfig, tower_architecture: Path | None = None, **kwargs) -> None:
         super().__init__(config, **kwargs)
         if not config.image_features:
             return  # environment-state-only Diffusion: there is no image backbone to swap
         encoders = self.diffusion.rgb_encoder
         for encoder in encoders if isinstance(encoders, nn.ModuleList) else [encoders]:
-            _swap_rgb_backbone(encoder, config)
+            _swap_rgb_backbone(encoder, config, tower_architecture)
 
     def fused_backbone(self) -> FusedBackbone | None:
         encoders = self.diffusion.rgb_encoder
@@ -47,8 +49,8 @@ class DiffusionVlaDinoPolicy(SavedTowersMixin, DiffusionPolicy):
         return split_backbone_params(self, _is_tower_parameter, self.config.optimizer_lr_backbone)
 
 
-def _swap_rgb_backbone(encoder: DiffusionRgbEncoder, config: DiffusionVlaDinoConfig) -> None:
-    towers = TowerFeatureMap(config.backbone)
+def _swap_rgb_backbone(encoder: DiffusionRgbEncoder, config: DiffusionVlaDinoConfig, architecture: Path | None) -> None:
+    towers = TowerFeatureMap(config.backbone, architecture)
     encoder.backbone = towers
     height, width = towers.grid_size
     encoder.pool = SpatialSoftmax((towers.out_channels, height, width), num_kp=config.spatial_softmax_num_keypoints)

@@ -3,6 +3,7 @@
 # No `from __future__ import annotations`: LeRobot reads the `config` annotation of `__init__` as a class
 # (`issubclass(cfg_cls, signature(policy_cls.__init__).parameters["config"].annotation)`).
 from collections import deque
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -29,11 +30,11 @@ class VlaDinoPolicy(SavedTowersMixin, PreTrainedPolicy):
     name = "vla_dino"
     tower_field = "vision"
 
-    def __init__(self, config: VlaDinoConfig, **kwargs) -> None:
+    def __init__(self, config: VlaDinoConfig, tower_architecture: Path | None = None, **kwargs) -> None:
         super().__init__(config)
         config.validate_features()
         self.config = config
-        self.tokenizer = VisionTokenizer(config.vision)
+        self.tokenizer = VisionTokenizer(config.vision, tower_architecture)
         action_dim = config.action_feature.shape[0]
         if config.head == "mlp":
             self.head = L1RegressionMLPHead(
@@ -42,7 +43,7 @@ class VlaDinoPolicy(SavedTowersMixin, PreTrainedPolicy):
             )
         else:
             self.head = ActionQueryDecoderHead(
-                self.tokenizer.out_dim, self.tokenizer.num_tokens, len(config.vision.camera_names) + 1, action_dim,
+                self.tokenizer.out_dim, self.tokenizer.num_tokens, len(config.camera_names) + 1, action_dim,
                 config.chunk_size, config.dim_model, config.n_heads, config.dim_feedforward,
                 config.n_encoder_layers, config.n_decoder_layers, config.dropout,
             )

@@ -16,14 +16,16 @@ from typing import Any
 from lerobot.configs.policies import PreTrainedConfig
 from torch import Tensor
 
-from vla_dino.adapter.backbone import FusedBackbone
+from vla_dino.adapter.backbone import ARCHITECTURE_FILES, FusedBackbone
 
 TOWERS_DIR = "towers"
 
 
 class SavedTowersMixin:
-    """Mixed into a `PreTrainedPolicy` subclass (before it in the bases). `tower_field` names the
-    config field holding the tower sources; `fused_backbone()` returns the built towers."""
+    """Mixed into a `PreTrainedPolicy` subclass (before it in the bases) whose `__init__` takes
+    `tower_architecture: Path | None` (a `FusedBackbone.save_architecture` folder, passed on to
+    `FusedBackbone.from_config`). `tower_field` names the config field holding the tower sources;
+    `fused_backbone()` returns the built towers."""
 
     tower_field: str
 
@@ -33,29 +35,18 @@ class SavedTowersMixin:
     def _save_pretrained(self, save_directory: Path, state_dict: dict[str, Tensor] | None = None) -> None:
         super()._save_pretrained(save_directory, state_dict)  # type: ignore[misc]
         backbone = self.fused_backbone()
-        if backbone is None:  # no image features: nothing to keep
-            return
-        towers = Path(save_directory) / TOWERS_DIR
-        towers.mkdir(exist_ok=True)
-        backbone.dino.config.to_json_file(towers / "dino.json")  # model_type picks the tower class on load
-        if backbone.siglip is not None:
-            backbone.siglip.config.to_json_file(towers / "siglip.json")
+        if backbone is not None:  # no image features: nothing to keep
+            backbone.save_architecture(Path(save_directory) / TOWERS_DIR)
 
     @classmethod
     def from_pretrained(cls, pretrained_name_or_path: str | Path, *, config: PreTrainedConfig | None = None,
                         **kwargs: Any) -> Any:
         """LeRobot's loader; a local checkpoint with saved architectures builds its towers from
-        them. The loaded config still names the original sources (what a user reads and saves)."""
+        them (LeRobot passes `kwargs` on to `__init__`). The config is loaded as saved."""
         towers = Path(pretrained_name_or_path) / TOWERS_DIR
-        if not (towers / "dino.json").is_file():
+        if not (towers / ARCHITECTURE_FILES["dino"]).is_file():
             return super().from_pretrained(pretrained_name_or_path, config=config, **kwargs)  # type: ignore[misc]
         config = config or PreTrainedConfig.from_pretrained(pretrained_name_or_path)
-        sources = getattr(config, cls.tower_field)
-        original = sources.dino, sources.siglip
-        sources.dino = str(towers / "dino.json")
-        if sources.siglip is not None:
-            sources.siglip = str(towers / "siglip.json")
-        try:
-            return super().from_pretrained(pretrained_name_or_path, config=config, **kwargs)  # type: ignore[misc]
-        finally:
-            sources.dino, sources.siglip = original
+        return super().from_pretrained(  # type: ignore[misc]
+            pretrained_name_or_path, config=config, tower_architecture=towers, **kwargs
+        )

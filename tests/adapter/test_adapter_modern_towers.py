@@ -21,6 +21,7 @@ from vla_dino.adapter import (
     VisionTokenizerConfig,
     load_dino_tower,
     load_siglip_tower,
+    tower_from_architecture,
 )
 from vla_dino.encoder import IMAGENET_MEAN, IMAGENET_STD, DinoEncoder
 
@@ -173,5 +174,5 @@ def test_tokenizer_round_trip_and_architecture_only_json(folders, tmp_path):
     # a saved architecture (what policy checkpoints keep in towers/*.json) rebuilds the same classes
     for tower, name in zip(tokenizer.backbone.towers, ("dino", "siglip")):
         tower.config.to_json_file(tmp_path / f"{name}.json")
-    assert type(load_dino_tower(str(tmp_path / "dino.json"))) is Dinov3Tower
-    assert type(load_siglip_tower(str(tmp_path / "siglip.json"))) is Siglip2Tower
+    assert type(tower_from_architecture(tmp_path / "dino.json", "dino")) is Dinov3Tower
+    assert type(tower_from_architecture(tmp_path / "siglip.json", "siglip")) is Siglip2Tower

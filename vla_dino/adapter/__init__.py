@@ -2,7 +2,7 @@
 (+ proprio) → tokens."""
 
 from vla_dino.adapter.backbone import FusedBackbone
-from vla_dino.adapter.config import VisionTokenizerConfig
+from vla_dino.adapter.config import TowerConfig, VisionTokenizerConfig
 from vla_dino.adapter.pooling import AttentionPool, Pool2x2
 from vla_dino.adapter.projector import build_projector
 from vla_dino.adapter.tokenizer import VisionTokenizer, VisionTokens
@@ -15,9 +15,11 @@ from vla_dino.adapter.towers import (
     Tower,
     load_dino_tower,
     load_siglip_tower,
+    tower_from_architecture,
 )
 
 __all__ = [
+    "TowerConfig",
     "VisionTokenizerConfig",
     "VisionTokenizer",
     "VisionTokens",
@@ -29,6 +31,7 @@ __all__ = [
     "Siglip2Tower",
     "load_dino_tower",
     "load_siglip_tower",
+    "tower_from_architecture",
     "SIGLIP_SIZES",
     "build_projector",
     "Pool2x2",

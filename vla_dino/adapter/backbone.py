@@ -12,13 +12,26 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Any
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from vla_dino.adapter.towers import DinoTower, Dinov3Tower, Siglip2Tower, SiglipTower, Tower, load_dino_tower, load_siglip_tower
+from vla_dino.adapter.config import TowerConfig
+from vla_dino.adapter.towers import (
+    DinoTower,
+    Dinov3Tower,
+    Siglip2Tower,
+    SiglipTower,
+    Tower,
+    load_dino_tower,
+    load_siglip_tower,
+    tower_from_architecture,
+)
 from vla_dino.encoder import ImagePreprocessor
+
+# Files of `save_architecture` / `from_config(architecture=…)`: each tower's transformers config.
+ARCHITECTURE_FILES = {"dino": "dino.json", "siglip": "siglip.json"}
 
 
 class FusedBackbone(nn.Module):
@@ -62,18 +75,17 @@ class FusedBackbone(nn.Module):
 
     @classmethod
     def from_sources(cls, dino: str, siglip: str | None = None, **kwargs) -> "FusedBackbone":
-        """Towers from their sources (see `VisionTokenizerConfig.dino` / `.siglip`); the tower class
+        """Towers from their sources (see `TowerConfig.dino` / `.siglip`); the tower class
         follows each checkpoint's model_type (DINOv2 / DINOv3, SigLIP / SigLIP 2)."""
         return cls(load_dino_tower(dino), load_siglip_tower(siglip) if siglip is not None else None, **kwargs)
 
     @classmethod
-    def from_config(cls, config: Any) -> "FusedBackbone":
-        """From any config carrying the tower fields (`VisionTokenizerConfig`, the policies'
-        `TowerBackboneConfig`): dino, siglip, image_size, resize_mode, layer, final_norm,
-        train_mode, trainable_blocks, dtype."""
-        return cls.from_sources(
-            config.dino,
-            config.siglip,
+    def from_config(cls, config: TowerConfig, architecture: Path | None = None) -> "FusedBackbone":
+        """Towers of `config` loaded from its sources or, with `architecture` (a `save_architecture`
+        folder), built from the saved architectures with random weights, for callers that load the
+        weights themselves (a policy checkpoint's model.safetensors); `config.dino` / `.siglip` are
+        then only read for whether there is a SigLIP tower."""
+        options = dict(
             image_size=config.image_size,
             resize_mode=config.resize_mode,
             layer=config.layer,
@@ -82,6 +94,19 @@ class FusedBackbone(nn.Module):
             trainable_blocks=config.trainable_blocks,
             dtype=config.dtype,
         )
+        if architecture is None:
+            return cls.from_sources(config.dino, config.siglip, **options)
+        siglip = None
+        if config.siglip is not None:
+            siglip = tower_from_architecture(architecture / ARCHITECTURE_FILES["siglip"], "siglip")
+        return cls(tower_from_architecture(architecture / ARCHITECTURE_FILES["dino"], "dino"), siglip, **options)
+
+    def save_architecture(self, directory: Path) -> None:
+        """Each tower's transformers config as JSON (its model_type picks the tower class), which
+        `from_config(config, architecture=directory)` rebuilds the towers from."""
+        directory.mkdir(parents=True, exist_ok=True)
+        for field, tower in zip(ARCHITECTURE_FILES, self.towers):
+            tower.config.to_json_file(directory / ARCHITECTURE_FILES[field])
 
     @property
     def dino(self) -> Tower:

@@ -36,10 +36,11 @@ class VisionTokenizer(nn.Module):
     """`out_dim`: token width; `num_tokens`: tokens per observation (all cameras + proprio);
     `tokens_per_camera`: h·w patches, or fewer after token reduction."""
 
-    def __init__(self, config: VisionTokenizerConfig) -> None:
+    def __init__(self, config: VisionTokenizerConfig, architecture: Path | None = None) -> None:
+        """`architecture`: build the towers from saved architectures (see `FusedBackbone.from_config`)."""
         super().__init__()
         self.config = config
-        self.backbone = FusedBackbone.from_config(config)
+        self.backbone = FusedBackbone.from_config(config, architecture)
         self.out_dim: int = projector_out_dim(config.projector, self.backbone.hidden_size, config.out_dim)
         self.projector = build_projector(config.projector, self.backbone.hidden_size, self.out_dim)
         self.reduction = build_token_reduction(

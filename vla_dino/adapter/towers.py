@@ -31,6 +31,7 @@ from transformers import (
 )
 
 from vla_dino.encoder import IMAGENET_MEAN, IMAGENET_STD, DinoEncoder
+from vla_dino.encoder.dino_encoder import layer_index
 
 SIGLIP_MEAN = (0.5, 0.5, 0.5)
 SIGLIP_STD = (0.5, 0.5, 0.5)
@@ -51,10 +52,7 @@ SIGLIP_SIZES: dict[str, dict[str, Any]] = {
         patch_size=14, image_size=56, hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6,
     ),
 }
-_DINOV2_MODEL_TYPES = ("dinov2", "dinov2_with_registers")
-_DINOV3_MODEL_TYPES = ("dinov3_vit",)
 _SIGLIP_MODEL_TYPES = ("siglip", "siglip_vision_model")
-_SIGLIP2_MODEL_TYPES = ("siglip2", "siglip2_vision_model")
 
 
 class Tower(nn.Module):
@@ -102,10 +100,7 @@ class Tower(nn.Module):
         return len(self.blocks)
 
     def layer_index(self, layer: int) -> int:
-        index = layer + self.num_layers if layer < 0 else layer
-        if not 0 <= index < self.num_layers:
-            raise IndexError(f"layer {layer} out of range for the {self.num_layers}-block {self.kind} tower")
-        return index
+        return layer_index(layer, self.num_layers, f"the {self.num_layers}-block {self.kind} tower")
 
     def grid_for(self, image_size: int) -> tuple[int, int]:
         if image_size % self.patch_size:
@@ -137,16 +132,11 @@ class Tower(nn.Module):
         """Parameters inside `used_modules` that plain forward passes never touch."""
         return []
 
-
-def architecture_from_json(path: Path) -> Any:
-    """A transformers config saved as JSON (`config.to_json_file`) → the config object."""
-    if not path.is_file():
-        raise FileNotFoundError(f"tower architecture file not found: {path}")
-    fields = json.loads(path.read_text())
-    model_type = fields.pop("model_type", None)
-    if model_type is None:
-        raise ValueError(f"{path}: no 'model_type'; expected a transformers config saved as JSON")
-    return AutoConfig.for_model(model_type, **fields)
+    @classmethod
+    def from_architecture(cls, config: Any) -> "Tower":
+        """Random-init tower of a transformers config (`Tower.config`), for callers that load the
+        weights themselves (e.g. a policy checkpoint's model.safetensors)."""
+        raise NotImplementedError
 
 
 class DinoTower(Tower):
@@ -162,13 +152,12 @@ class DinoTower(Tower):
     @classmethod
     def load(cls, source: str) -> "DinoTower":
         """A DinoEncoder size name (random init), hub id, transformers folder, official checkpoint
-        file, or a `vla_dino.export` output folder (its `hf/` transformers folder is used).
-        A transformers `*.json` config file gives the architecture only (random init), for callers
-        that load the weights themselves (e.g. a policy checkpoint's model.safetensors)."""
-        path = Path(source)
-        if path.suffix == ".json":
-            return cls(DinoEncoder(architecture_from_json(path)))
+        file, or a `vla_dino.pretrain.export` output folder (its `hf/` transformers folder is used)."""
         return cls(DinoEncoder.from_source(source)).float()
+
+    @classmethod
+    def from_architecture(cls, config: Any) -> "DinoTower":
+        return cls(DinoEncoder(config))
 
     patch_size = property(lambda self: self.encoder.patch_size)
     hidden_size = property(lambda self: self.encoder.hidden_size)
@@ -213,13 +202,10 @@ class SiglipTower(Tower):
 
     @classmethod
     def load(cls, source: str) -> "SiglipTower":
-        """A size name ("so400m", "tiny": random init), a local folder or a hub id; a transformers
-        `*.json` config file gives the architecture only (random init, see `DinoTower.load`)."""
+        """A size name ("so400m", "tiny": random init), a local folder or a hub id."""
         if source in SIGLIP_SIZES:
-            return cls(SiglipVisionModel(SiglipVisionConfig(**SIGLIP_SIZES[source])))
+            return cls.from_architecture(SiglipVisionConfig(**SIGLIP_SIZES[source]))
         path = Path(source)
-        if path.suffix == ".json":
-            return cls(SiglipVisionModel(architecture_from_json(path)))
         if path.is_dir() or source.startswith((".", "/", "~")):
             if not (path / "config.json").is_file():
                 raise FileNotFoundError(f"SigLIP folder {path} not found or has no config.json")
@@ -229,6 +215,10 @@ class SiglipTower(Tower):
                 f"siglip={source!r}: model_type {model_type!r} is not SigLIP (expected {list(_SIGLIP_MODEL_TYPES)})"
             )
         return cls(SiglipVisionModel.from_pretrained(source)).float()
+
+    @classmethod
+    def from_architecture(cls, config: Any) -> "SiglipTower":
+        return cls(SiglipVisionModel(config))
 
     patch_size = property(lambda self: int(self.model.config.patch_size))
     hidden_size = property(lambda self: int(self.model.config.hidden_size))
@@ -299,13 +289,14 @@ class Dinov3Tower(Tower):
 
     @classmethod
     def load(cls, source: str) -> "Dinov3Tower":
-        """A local transformers folder or hub id of a DINOv3 ViT; a `*.json` config = architecture only."""
-        path = Path(source)
-        if path.suffix == ".json":
-            return cls(DINOv3ViTModel(architecture_from_json(path)))
+        """A local transformers folder or hub id of a DINOv3 ViT."""
         _check_local_folder(source, "DINOv3")
         mean, std = _mean_std_from_folder(source, (IMAGENET_MEAN, IMAGENET_STD))
         return cls(DINOv3ViTModel.from_pretrained(source), mean, std).float()
+
+    @classmethod
+    def from_architecture(cls, config: Any) -> "Dinov3Tower":
+        return cls(DINOv3ViTModel(config))
 
     patch_size = property(lambda self: int(self.model.config.patch_size))
     hidden_size = property(lambda self: int(self.model.config.hidden_size))
@@ -363,11 +354,12 @@ class Siglip2Tower(Tower):
 
     @classmethod
     def load(cls, source: str) -> "Siglip2Tower":
-        path = Path(source)
-        if path.suffix == ".json":
-            return cls(Siglip2VisionModel(architecture_from_json(path)))
         _check_local_folder(source, "SigLIP 2")
         return cls(Siglip2VisionModel.from_pretrained(source)).float()
+
+    @classmethod
+    def from_architecture(cls, config: Any) -> "Siglip2Tower":
+        return cls(Siglip2VisionModel(config))
 
     patch_size = property(lambda self: int(self.model.config.patch_size))
     hidden_size = property(lambda self: int(self.model.config.hidden_size))
@@ -403,21 +395,27 @@ class Siglip2Tower(Tower):
 
 
 def _model_type(source: str, field: str) -> str | None:
-    """The model_type of a transformers `*.json` config, folder or hub id; None for anything else."""
+    """The model_type of a transformers folder or hub id; None for an official DINOv2 file."""
     path = Path(source)
-    if path.suffix == ".json":
-        if not path.is_file():
-            raise FileNotFoundError(f"tower architecture file not found: {path}")
-        return json.loads(path.read_text()).get("model_type")
     if path.suffix in (".pth", ".pt", ".safetensors") and not path.is_dir():
         return None  # an official DINOv2 checkpoint file
     _check_local_folder(source, field)
     return AutoConfig.from_pretrained(source).model_type
 
 
+def _tower_class(field: str, source: str, model_type: str | None) -> type[Tower]:
+    """The tower class of a `dino=` / `siglip=` checkpoint's model_type (None: an official DINOv2 file)."""
+    classes = _DINO_CLASSES if field == "dino" else _SIGLIP_CLASSES
+    if model_type in classes:
+        return classes[model_type]
+    what = "a DINO tower" if field == "dino" else "SigLIP"
+    expected = [name for name in classes if name is not None]
+    raise ValueError(f"{field}={source!r}: model_type {model_type!r} is not {what}; expected one of {expected}")
+
+
 def load_dino_tower(source: str) -> Tower:
-    """`dino=`: a DinoEncoder size name (random init), an official DINOv2 file, a `vla_dino.export`
-    folder, or a transformers folder / hub id / `*.json` config of DINOv2 or DINOv3 (by model_type)."""
+    """`dino=`: a DinoEncoder size name (random init), an official DINOv2 file, a `vla_dino.pretrain.export`
+    folder, or a transformers folder / hub id of DINOv2 or DINOv3 (by model_type)."""
     from vla_dino.encoder.sizes import size_names
 
     if source in size_names():
@@ -425,28 +423,33 @@ def load_dino_tower(source: str) -> Tower:
     export = Path(source) / "hf"
     if Path(source).is_dir() and not (Path(source) / "config.json").is_file() and (export / "config.json").is_file():
         return DinoTower.load(source)  # our export folder: DinoEncoder reads its hf/ folder
-    model_type = _model_type(source, "DINO")
-    if model_type is None or model_type in _DINOV2_MODEL_TYPES:
-        return DinoTower.load(source)
-    if model_type in _DINOV3_MODEL_TYPES:
-        return Dinov3Tower.load(source)
-    raise ValueError(
-        f"dino={source!r}: model_type {model_type!r} is not a DINO tower; expected one of "
-        f"{list(_DINOV2_MODEL_TYPES + _DINOV3_MODEL_TYPES)}"
-    )
+    return _tower_class("dino", source, _model_type(source, "DINO")).load(source)
 
 
 def load_siglip_tower(source: str) -> Tower:
-    """`siglip=`: a SigLIP size name (random init) or a transformers folder / hub id / `*.json`
-    config of SigLIP (vision or full model) or SigLIP 2 NaFlex, chosen by model_type."""
+    """`siglip=`: a SigLIP size name (random init) or a transformers folder / hub id of SigLIP
+    (vision or full model) or SigLIP 2 NaFlex, chosen by model_type."""
     if source in SIGLIP_SIZES:
         return SiglipTower.load(source)
-    model_type = _model_type(source, "SigLIP")
-    if model_type in _SIGLIP_MODEL_TYPES:
-        return SiglipTower.load(source)
-    if model_type in _SIGLIP2_MODEL_TYPES:
-        return Siglip2Tower.load(source)
-    raise ValueError(
-        f"siglip={source!r}: model_type {model_type!r} is not SigLIP; expected one of "
-        f"{list(_SIGLIP_MODEL_TYPES + _SIGLIP2_MODEL_TYPES)}"
-    )
+    return _tower_class("siglip", source, _model_type(source, "SigLIP")).load(source)
+
+
+def tower_from_architecture(path: Path, field: str) -> Tower:
+    """A random-init `field` ("dino" / "siglip") tower from a transformers config saved as JSON
+    (`Tower.config.to_json_file`); its model_type picks the class as in `load_dino_tower`."""
+    if not path.is_file():
+        raise FileNotFoundError(f"tower architecture file not found: {path}")
+    values = json.loads(path.read_text())
+    model_type = values.pop("model_type", None)
+    if model_type is None:
+        raise ValueError(f"{path}: no 'model_type'; expected a transformers config saved as JSON")
+    return _tower_class(field, str(path), model_type).from_architecture(AutoConfig.for_model(model_type, **values))
+
+
+# model_type → tower class (None: an official DINOv2 file, which has no config)
+_DINO_CLASSES: dict[str | None, type[Tower]] = {
+    None: DinoTower, "dinov2": DinoTower, "dinov2_with_registers": DinoTower, "dinov3_vit": Dinov3Tower,
+}
+_SIGLIP_CLASSES: dict[str | None, type[Tower]] = {
+    "siglip": SiglipTower, "siglip_vision_model": SiglipTower, "siglip2": Siglip2Tower, "siglip2_vision_model": Siglip2Tower,
+}

@@ -19,6 +19,17 @@ from vla_dino.encoder.sizes import config_for_size, size_names
 _OFFICIAL_SUFFIXES = (".pth", ".pt", ".safetensors")
 
 
+def layer_index(layer: int, num_layers: int, what: str) -> int:
+    """The 0-based block index of `layer` (negative counts from the end: -1 last, -2 OpenVLA's);
+    `what` names the model in the range error (e.g. "the 12-block DINOv2 tower")."""
+    index = layer + num_layers if layer < 0 else layer
+    if not 0 <= index < num_layers:
+        raise IndexError(
+            f"layer {layer} out of range for {what}; `layer` takes 0..{num_layers - 1} or -{num_layers}..-1 (from the end)"
+        )
+    return index
+
+
 @dataclass
 class DinoTokens:
     """Tokens of one layer. `patch_tokens` are in raster order over `grid_size` = (h, w)."""
@@ -76,7 +87,7 @@ class DinoEncoder(nn.Module):
 
     @classmethod
     def from_pretrained(cls, source: str | Path, **kwargs: Any) -> "DinoEncoder":
-        """Load from a hub id, a local transformers folder (ours included), a `vla_dino.export`
+        """Load from a hub id, a local transformers folder (ours included), a `vla_dino.pretrain.export`
         output folder (its `hf/` folder), or an official checkpoint file (`.pth`/`.pt` read with
         `weights_only=True`, or `.safetensors`): a released hub file, or a file written by the
         official training code (`eval/<iter>/teacher_checkpoint.pth`, the checkpointer's
@@ -207,7 +218,7 @@ class DinoEncoder(nn.Module):
         """
         grid = self._check_inputs(pixel_values, bool_masked_pos)
         wanted = [layers] if isinstance(layers, int) else list(layers)
-        indices = [self._layer_index(i) for i in wanted]
+        indices = [layer_index(i, self.num_layers, f"a {self.num_layers}-layer encoder") for i in wanted]
         hidden = self.model.embeddings(pixel_values, bool_masked_pos=bool_masked_pos)
         captured: dict[int, torch.Tensor] = {}
         for index, block in enumerate(self.blocks[: max(indices) + 1]):
@@ -226,12 +237,6 @@ class DinoEncoder(nn.Module):
         return self.get_intermediate_layers(pixels, layer)[0]
 
     # ---------------------------------------------------------------- helpers
-    def _layer_index(self, layer: int) -> int:
-        index = layer + self.num_layers if layer < 0 else layer
-        if not 0 <= index < self.num_layers:
-            raise IndexError(f"layer {layer} out of range for a {self.num_layers}-layer encoder")
-        return index
-
     def _check_inputs(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None) -> tuple[int, int]:
         if pixel_values.ndim != 4 or pixel_values.shape[1] != self.config.num_channels:
             raise ValueError(
