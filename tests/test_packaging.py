@@ -25,9 +25,10 @@ import json, sys
 import vla_dino
 from vla_dino.configs import ssl_recipe_path
 from vla_dino.pretrain.config import load_config, preset_path, PRESET_DIR
-from vla_dino.ssl import load_ssl_config
+from vla_dino.configs.loader import load
+from vla_dino.ssl import SSLConfig
 config = load_config(preset_path("cpu_smoke"))
-ssl = load_ssl_config(ssl_recipe_path("dinov2_default"))
+ssl = load(SSLConfig, ssl_recipe_path("dinov2_default"))
 print(json.dumps({
     "package": vla_dino.__file__,
     "preset": str(preset_path("cpu_smoke")),

@@ -1,14 +1,10 @@
-"""SSLModel: teacher setup, EMA update, head warm-up, Gram anchoring, config loading."""
-
-from pathlib import Path
+"""SSLModel: teacher setup, EMA update, head warm-up, Gram anchoring."""
 
 import pytest
 import torch
 
 from vla_dino.encoder import DinoEncoder
-from vla_dino.ssl import MultiCropAugmentation, SSLConfig, SSLModel, load_ssl_config
-
-CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "ssl"
+from vla_dino.ssl import MultiCropAugmentation, SSLConfig, SSLModel
 
 
 def _config() -> SSLConfig:
@@ -114,20 +110,3 @@ def test_softmax_centering_reports_its_centre():
     out = model(_batch(config), 0)
     assert out.metrics["center_norm"] > 0
 
-
-def test_yaml_presets_and_errors(tmp_path):
-    assert load_ssl_config(CONFIGS / "dinov2_default.yaml") == SSLConfig()  # the YAML mirrors the recipe
-    config = load_ssl_config(CONFIGS / "dinov2_default.yaml", overrides={"loss.koleo_weight": 0.0, "crops": {"num_local": 2}})
-    assert config.loss.koleo_weight == 0.0 and config.crops.num_local == 2
-    continued = load_ssl_config(CONFIGS / "dinov2_continued.yaml")
-    assert continued.continued.gram_anchor and continued.loss.gram_weight > 0
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("loss:\n  koleo_wieght: 0.1\n")
-    with pytest.raises(ValueError, match="koleo_wieght"):
-        load_ssl_config(bad)
-    bad.write_text("continued:\n  gram_anchor: true\n")
-    with pytest.raises(ValueError, match="gram_weight"):
-        load_ssl_config(bad)
-    bad.write_text("loss:\n  centering: mean\n")
-    with pytest.raises(ValueError, match="loss.centering"):
-        load_ssl_config(bad)

@@ -1,6 +1,6 @@
 """Recipes shipped inside the package: pretraining presets (`pretrain/<name>.yaml`, used by
-`python -m vla_dino.pretrain --preset <name>`) and SSL recipes (`ssl/<name>.yaml`, read by
-`vla_dino.ssl.load_ssl_config`).
+`python -m vla_dino.pretrain --preset <name>`) and SSL recipes (`ssl/<name>.yaml`), which the
+presets inherit through `base:`. All are read by `vla_dino.configs.loader`.
 
 They are package data, so a source checkout, an editable install and a wheel install all find
 them here, next to this file; a checkout's top-level `configs/` is a symlink to this folder, so

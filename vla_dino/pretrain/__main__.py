@@ -2,6 +2,9 @@
 
 The same command runs under torchrun for multi-GPU / multi-node (one process per GPU):
     torchrun --nproc_per_node 8 -m vla_dino.pretrain --preset vitb14_scratch --frames ./robot_logs
+
+The flags are argparse; every value lands on the config tree by its dotted key and is decoded
+by draccus through `vla_dino.configs.loader` (why not `draccus.parse`: that module's docstring).
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ import logging
 import sys
 from typing import Any, Sequence
 
-from vla_dino.pretrain.config import PRESET_DIR, load_config, parse_override_value, preset_path
+from vla_dino.configs.loader import parse_value
+from vla_dino.pretrain.config import PRESET_DIR, load_config, preset_path
 from vla_dino.pretrain.errors import EXIT_CODES, EXIT_SIGINT, EXIT_SIGTERM, ConfigError, PretrainError
 
 DEFAULT_PRESET = "vits14_scratch"
@@ -102,7 +106,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, d
         if "=" not in item:
             parser.error(f"--set {item!r}: expected KEY=VALUE, e.g. --set ssl.optim.base_lr=1e-4")
         key, value = item.split("=", 1)
-        add(key.strip(), parse_override_value(value), f"--set {item}")
+        add(key.strip(), parse_value(value), f"--set {item}")
     i = 0
     while i < len(rest):
         token = rest[i]
@@ -116,7 +120,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, d
                 parser.error(f"{token} needs a value")
             key, value = token[2:], rest[i + 1]
             i += 2
-        add(key, parse_override_value(value), f"--{key} {value}")
+        add(key, parse_value(value), f"--{key} {value}")
     for flag, key in SHORTCUTS.items():
         value = getattr(args, flag)
         if value is not None:

@@ -1,9 +1,12 @@
 """The pretraining run's configuration: nested dataclasses, filled from a YAML preset plus
-command-line overrides. The recipe (every number) lives in `configs/pretrain/*.yaml`; the
-defaults below only make a config complete when a preset leaves a field out.
+command-line overrides. The recipe (every number) lives in `configs/pretrain/*.yaml`, whose
+`ssl:` section inherits DINOv2's recipe from `configs/ssl/dinov2_default.yaml` (`base:`) and
+lists only what differs; the defaults below only make a config complete when a file leaves a
+field out.
 
 Overrides use dotted paths into this tree, e.g. `ssl.optim.base_lr=1e-4` or
-`train.steps=100`; an unknown path is an error that names it.
+`train.steps=100`; an unknown path is an error that names it. Files, `base:` and overrides are
+read by `vla_dino.configs.loader`, the one loader of every config in the package.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import draccus
 import yaml
 
 from vla_dino.configs import PRETRAIN_DIR
+from vla_dino.configs.loader import get_dotted, load
+from vla_dino.configs.loader import parse_value as parse_override_value  # noqa: F401  (benchmarks' --set)
 from vla_dino.ssl.config import SSLConfig
 
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
@@ -218,53 +223,7 @@ def preset_path(name: str) -> Path:
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> PretrainConfig:
     """YAML file (or the defaults when None) + dotted overrides → a validated PretrainConfig."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        loaded = yaml.safe_load(path.read_text())
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ValueError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
-        raw = loaded or {}
-    for key, value in (overrides or {}).items():
-        set_dotted(raw, key, value)
-    try:
-        config = draccus.decode(PretrainConfig, raw)
-    except Exception as error:  # draccus names the offending dotted key
-        source = f"{path}" if path is not None else "defaults"
-        raise ValueError(f"bad pretraining config ({source} + overrides): {error}") from error
-    config.validate()
-    return config
-
-
-def parse_override_value(text: str) -> Any:
-    """A command-line value as YAML (`1e-4`, `true`, `null`, `[a, b]`, `{k: v}`); draccus then
-    converts it to the field's declared type."""
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
-def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
-    parts = key.split(".")
-    if not all(parts):
-        raise ValueError(f"bad override key {key!r}; expected a dotted path like ssl.optim.base_lr")
-    node = tree
-    for depth, part in enumerate(parts[:-1]):
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ValueError(f"override {key!r}: {'.'.join(parts[: depth + 1])} is a value, not a section")
-        node = child
-    node[parts[-1]] = value
-
-
-def get_dotted(tree: dict[str, Any], key: str) -> Any:
-    node: Any = tree
-    for part in key.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
-    return node
+    return load(PretrainConfig, path, overrides, what="pretraining config")
 
 
 def dump_config(config: PretrainConfig, path: str | Path) -> None:

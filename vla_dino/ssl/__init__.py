@@ -3,7 +3,7 @@ centering (Sinkhorn-Knopp or softmax), EMA teacher, parameter groups and schedul
 
 Public API::
 
-    config = load_ssl_config("configs/ssl/dinov2_default.yaml", overrides={"loss.koleo_weight": 0.0})
+    config = load(SSLConfig, "configs/ssl/dinov2_default.yaml", {"loss.koleo_weight": 0.0})  # vla_dino.configs.loader
     # SSLConfig(crops, masking, heads, loss, optim, schedules, continued); defaults = DINOv2 recipe
 
     augment = MultiCropAugmentation(config.crops, patch_size=14, masking=config.masking)
@@ -54,8 +54,6 @@ from vla_dino.ssl.config import (
     OptimConfig,
     ScheduleConfig,
     SSLConfig,
-    load_ssl_config,
-    ssl_config_from_dict,
 )
 from vla_dino.ssl.heads import DinoHead
 from vla_dino.ssl.masking import BlockMaskGenerator, sample_masks
@@ -81,8 +79,6 @@ __all__ = [
     "ScheduleConfig",
     "SoftmaxCenter",
     "TeacherTargets",
-    "load_ssl_config",
     "sample_masks",
     "sinkhorn_knopp",
-    "ssl_config_from_dict",
 ]

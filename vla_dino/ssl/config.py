@@ -1,14 +1,11 @@
-"""The SSL recipe as nested dataclasses (draccus/YAML friendly); defaults = DINOv2's
-`dinov2/configs/ssl_default_config.yaml` (facebookresearch/dinov2). `load_ssl_config` reads a YAML file."""
+"""The SSL recipe as nested dataclasses; defaults = DINOv2's `dinov2/configs/ssl_default_config.yaml`
+(facebookresearch/dinov2), written out in `configs/ssl/dinov2_default.yaml`, the file the pretraining
+presets inherit. Read a recipe file with the package's one loader:
+`vla_dino.configs.loader.load(SSLConfig, vla_dino.configs.ssl_recipe_path("dinov2_continued"))`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
-
-import draccus
-import yaml
 
 
 @dataclass
@@ -149,51 +146,3 @@ class SSLConfig:
                 raise ValueError(f"invalid SSL config: {message}")
         return self
 
-
-def _apply_override(raw: dict[str, Any], key: str, value: Any) -> None:
-    """Set a dotted key ("loss.koleo_weight") in a nested dict, creating levels as needed."""
-    *parents, leaf = key.split(".")
-    node = raw
-    for part in parents:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ValueError(f"override {key!r}: {part!r} is not a section")
-    node[leaf] = value
-
-
-def _flatten(overrides: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in overrides.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(_flatten(value, path + "."))
-        else:
-            flat[path] = value
-    return flat
-
-
-def ssl_config_from_dict(raw: dict[str, Any], source: str = "config") -> SSLConfig:
-    """Nested dict → validated SSLConfig; unknown or ill-typed keys raise ValueError naming them."""
-    try:
-        config = draccus.decode(SSLConfig, raw)
-    except Exception as error:  # draccus.utils.DecodingError names the key path
-        raise ValueError(f"{source}: {error}") from error
-    return config.validate()
-
-
-def load_ssl_config(path: str | Path, overrides: dict[str, Any] | None = None) -> SSLConfig:
-    """Read a YAML recipe; `overrides` (nested or dotted keys) replace values from the file.
-
-    A file may hold the SSL tree at the top level or under an `ssl:` key.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"SSL config not found: {path}")
-    raw = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
-    if set(raw) == {"ssl"}:
-        raw = raw["ssl"] or {}
-    for key, value in _flatten(overrides or {}).items():
-        _apply_override(raw, key, value)
-    return ssl_config_from_dict(raw, source=str(path))
