@@ -4,7 +4,7 @@ training step consumes, in frames/s, on this machine.
 For each (model size, batch size):
   decode/worker  FrameDataset reads + square resize of generated PNG frames, one process
   multi-crop     MultiCropAugmentation on the training device (2 global + L local crops, masks)
-  full step      multi-crop + SSLModel forward + backward + clip + AdamW + EMA teacher
+  full step      multi-crop + SSLTrainer.step (forward, non-finite guard, backward, clip, AdamW, EMA teacher)
   workers        DataLoader workers needed to keep the step fed (full step ÷ decode/worker)
 
     python benchmarks/bench_pretrain_throughput.py                       # CPU, tiny sizes
@@ -15,10 +15,10 @@ For each (model size, batch size):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import tempfile
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -28,7 +28,7 @@ from vla_dino.data import FrameDataset, collate_frames, discover_sources
 from vla_dino.data.examples import write_image_folder
 from vla_dino.encoder import DinoEncoder
 from vla_dino.pretrain.config import load_config, preset_path
-from vla_dino.ssl import MultiCropAugmentation, SSLModel
+from vla_dino.ssl import MultiCropAugmentation, SSLModel, SSLTrainer
 
 
 def sync(device: torch.device) -> None:
@@ -71,7 +71,6 @@ def main() -> None:
     device = torch.device(args.device)
     config = load_config(preset_path(args.preset))
     bf16 = args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda")
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
 
     with tempfile.TemporaryDirectory() as tmp:
         for episode in range(2):
@@ -89,22 +88,16 @@ def main() -> None:
         for batch in args.batch_sizes:
             torch.manual_seed(0)
             encoder = DinoEncoder.from_size(size, **config.model.encoder_overrides)
-            model = SSLModel(config.ssl, encoder, total_steps=1000).to(device).train()
+            # the lr-scaling batch pinned to the global batch, as vla_dino.pretrain.train does
+            ssl = dataclasses.replace(config.ssl, optim=dataclasses.replace(config.ssl.optim, batch_size=batch))
+            model = SSLModel(ssl, encoder, total_steps=1000).to(device).train()
+            trainer = SSLTrainer(model, precision="bf16" if bf16 else "fp32")
             augment = MultiCropAugmentation.from_config(config.ssl, patch_size=encoder.patch_size)
-            optimizer = torch.optim.AdamW(model.param_groups(), lr=0.0, betas=tuple(config.ssl.optim.betas))
             frames = frames_cpu[:batch].repeat(math.ceil(batch / frames_cpu.shape[0]), 1, 1, 1)[:batch].to(device)
             step = [0]
 
             def full_step() -> None:  # the loop body of vla_dino.pretrain.train
-                crops = augment(frames)
-                with autocast:
-                    output = model(crops, step[0])
-                model.apply_schedules(optimizer, step[0])
-                optimizer.zero_grad(set_to_none=True)
-                output.loss.backward()
-                model.clip_gradients()
-                optimizer.step()
-                model.update_teacher(step[0])
+                trainer.step(augment(frames), step[0])
                 step[0] += 1
 
             crop_s = timed(lambda: augment(frames), args.repeats, device)

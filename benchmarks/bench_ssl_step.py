@@ -24,7 +24,7 @@ import time
 import torch
 
 from vla_dino.encoder import DinoEncoder
-from vla_dino.ssl import MultiCropAugmentation, MultiCropBatch, SSLConfig, SSLModel, SSLOutput
+from vla_dino.ssl import MultiCropAugmentation, MultiCropBatch, SSLConfig, SSLModel, SSLTrainer, StepResult
 
 from lightly_peer import LightlyStep  # benchmarks/lightly_peer.py (this script's folder), shared with ssl_peer_training.py
 
@@ -43,19 +43,12 @@ class OursStep:
     name = "vla_dino.ssl"
 
     def __init__(self, encoder: DinoEncoder, config: SSLConfig, steps: int) -> None:
-        self.model = SSLModel(config, encoder, total_steps=steps).to(next(encoder.parameters()).device).train()
-        self.optimizer = torch.optim.AdamW(self.model.param_groups(), betas=config.optim.betas)
+        model = SSLModel(config, encoder, total_steps=steps).to(next(encoder.parameters()).device).train()
+        self.trainer = SSLTrainer(model)  # fp32 inside: --bf16 wraps both implementations' whole step alike
 
-    def step(self, batch: MultiCropBatch, step: int) -> SSLOutput:
-        """schedules → forward → backward → clip → AdamW → EMA teacher; the step's output."""
-        self.model.apply_schedules(self.optimizer, step)
-        out = self.model(batch, step)
-        out.loss.backward()
-        self.model.clip_gradients()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.model.update_teacher(step)
-        return out
+    def step(self, batch: MultiCropBatch, step: int) -> StepResult:
+        """The pretraining loop's step (`SSLTrainer.step`: non-finite guard and grad scaler included)."""
+        return self.trainer.step(batch, step)
 
     def __call__(self, batch: MultiCropBatch, step: int) -> float:
         return self.step(batch, step).loss.item()

@@ -53,7 +53,7 @@ import torch
 from vla_dino.data import FrameDataset, discover_sources
 from vla_dino.encoder import DinoEncoder
 from vla_dino.pretrain.config import PretrainConfig, load_config, parse_override_value, preset_path
-from vla_dino.ssl import MultiCropAugmentation, MultiCropBatch, SSLModel
+from vla_dino.ssl import MultiCropAugmentation, MultiCropBatch, SSLModel, SSLTrainer
 from vla_dino.ssl.heads import DinoHead
 
 from bench_ssl_step import OursStep  # benchmarks/bench_ssl_step.py (this script's folder)
@@ -146,15 +146,14 @@ def crops_for_step(augment: MultiCropAugmentation, frames: torch.Tensor, index: 
 
 # ---------------------------------------------------------------- the three runs
 class OursRun(OursStep):
-    """`SSLModel` stepped as vla_dino/pretrain/train.py does (fp32, no autocast), with the step of
+    """`SSLModel` stepped by vla_dino/pretrain/train.py's `SSLTrainer` (fp32, no autocast), as in
     bench_ssl_step.py."""
 
     def __init__(self, encoder: DinoEncoder, config: PretrainConfig, centering: str, seed: int) -> None:
         ssl = copy.deepcopy(config.ssl)
         ssl.loss.centering = centering
         torch.manual_seed(seed)  # the heads' init: the same draws as `initial_head`
-        self.model = SSLModel(ssl, encoder, total_steps=config.train.steps).train()
-        self.optimizer = torch.optim.AdamW(self.model.param_groups(), lr=0.0, weight_decay=0.0, betas=tuple(ssl.optim.betas))
+        self.trainer = SSLTrainer(SSLModel(ssl, encoder, total_steps=config.train.steps).train())
 
     def __call__(self, batch: MultiCropBatch, step: int) -> dict[str, float]:
         out = self.step(batch, step)
@@ -165,7 +164,7 @@ class OursRun(OursStep):
         }
 
     def teacher(self) -> DinoEncoder:
-        return self.model.teacher_backbone
+        return self.trainer.model.teacher_backbone
 
 
 class PeerRun:

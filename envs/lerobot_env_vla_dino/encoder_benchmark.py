@@ -22,7 +22,7 @@ seeds, shown as a range), raw pixels (12×12 frame for state; each patch's pixel
 ResNet-18 trained from scratch end to end on the same labelled frames (state only: the
 learning-from-scratch baseline, with random-shift augmentation as in DrQ; `resnet_splits`,
 one fit per budget and draw).
-Encoder specs: `dino:<source>` (a `vla_dino.export` folder, a transformers folder, a hub id, an
+Encoder specs: `dino:<source>` (a `vla_dino.pretrain.export` folder, a transformers folder, a hub id, an
 official file), `vit:<size>` (random init of a named size, `@seedN` for the seed), `pixels`;
 `label=<spec>` names the row, and specs sharing a label (pretraining seeds) form one row, shown as
 the range over them.

@@ -6,7 +6,7 @@ from transformers import SiglipConfig, SiglipModel, SiglipVisionConfig, SiglipVi
 
 from vla_dino.adapter import DinoTower, FusedBackbone, SiglipTower
 from vla_dino.encoder import IMAGENET_MEAN, IMAGENET_STD, DinoEncoder
-from vla_dino.export import export_encoder
+from vla_dino.pretrain.export import export_encoder
 
 TINY_SIGLIP = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=3, num_attention_heads=2, patch_size=14, image_size=56)
 
@@ -104,7 +104,7 @@ def test_dino_only_path_and_towers_from_files(tmp_path):
     full.save_pretrained(tmp_path / "siglip_full")  # the hub's google/siglip-* layout (vision + text)
     pixels = torch.rand(2, 3, 56, 56)
     expected = reference_features(dino, siglip, pixels, -2)
-    export_encoder(dino, tmp_path / "export", formats=["hf"])  # `python -m vla_dino.export` output folder
+    export_encoder(dino, tmp_path / "export", formats=["hf"])  # `python -m vla_dino.pretrain.export` output folder
     for dino_source in ("dino", "dino.pth", "export"):
         for siglip_source in ("siglip", "siglip_full"):
             backbone = FusedBackbone.from_sources(str(tmp_path / dino_source), str(tmp_path / siglip_source), image_size=56)

@@ -14,7 +14,7 @@ import torch
 
 from vla_dino.data.examples import write_image_folder
 from vla_dino.encoder import DinoEncoder
-from vla_dino.export import export_checkpoint, main as export_main, teacher_from_checkpoint
+from vla_dino.pretrain.export import export_checkpoint, main as export_main, teacher_from_checkpoint
 from vla_dino.pretrain.checkpoint import load_checkpoint
 from vla_dino.pretrain.config import load_config, preset_path
 from vla_dino.pretrain.logger import read_metrics

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from vla_dino.encoder import DinoEncoder
-from vla_dino.ssl import MultiCropAugmentation, SSLConfig, SSLModel
+from vla_dino.ssl import MultiCropAugmentation, SSLConfig, SSLModel, SSLTrainer
 
 
 def _config() -> SSLConfig:
@@ -21,17 +21,6 @@ def _encoder() -> DinoEncoder:
 
 def _batch(config: SSLConfig):
     return MultiCropAugmentation.from_config(config, 7)(torch.randint(0, 256, (4, 3, 36, 36), dtype=torch.uint8))
-
-
-def _step(model: SSLModel, optimizer, batch, step: int):
-    model.apply_schedules(optimizer, step)
-    out = model(batch, step)
-    out.loss.backward()
-    model.clip_gradients()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    model.update_teacher(step)
-    return out
 
 
 def test_teacher_is_a_frozen_eval_copy_and_only_the_student_drops_paths():
@@ -62,16 +51,16 @@ def test_forward_metrics_and_a_few_steps_reduce_the_loss():
     config = _config()
     config.optim.drop_path = 0.0
     model = SSLModel(config, _encoder(), total_steps=20)
-    optimizer = torch.optim.AdamW(model.param_groups())
+    trainer = SSLTrainer(model)
     batch = _batch(config)
-    first = _step(model, optimizer, batch, 0)
+    first = trainer.step(batch, 0)
     assert set(first.metrics) >= {"dino_local", "dino_global", "ibot", "koleo", "teacher_entropy", "center_norm", "feature_std"}
     total = first.metrics["dino_local"] + first.metrics["dino_global"] + first.metrics["ibot"] + 0.1 * first.metrics["koleo"]
     torch.testing.assert_close(first.loss.detach(), total)
     assert first.metrics["center_norm"] == 0  # Sinkhorn
     assert 0 < first.metrics["teacher_entropy"] <= torch.log(torch.tensor(64.0)) + 1e-4
     for step in range(1, 8):
-        last = _step(model, optimizer, batch, step)
+        last = trainer.step(batch, step)
     assert last.metrics["dino_global"] < first.metrics["dino_global"]
 
 
@@ -84,17 +73,17 @@ def test_continued_head_warmup_keeps_the_checkpoint_and_gram_anchors_it(tmp_path
     model = SSLModel(config, DinoEncoder.from_pretrained(tmp_path / "ckpt"), total_steps=20)
     initial = {k: v.clone() for k, v in model.student_backbone.state_dict().items()}
     head = model.student.dino_head.mlp[0].weight.clone()
-    optimizer = torch.optim.AdamW(model.param_groups())
+    trainer = SSLTrainer(model)
     batch = _batch(config)
     out = None
     for step in range(3):
-        out = _step(model, optimizer, batch, step)
+        out = trainer.step(batch, step)
     assert out.metrics["gram"] >= 0 and "gram" in out.metrics
     for key, value in model.student_backbone.state_dict().items():  # lr 0 (and no decoupled decay)
         torch.testing.assert_close(value, initial[key], msg=key)
     assert not torch.equal(model.student.dino_head.mlp[0].weight, head)
     for step in range(3, 6):
-        _step(model, optimizer, batch, step)
+        trainer.step(batch, step)
     moved = any(not torch.equal(v, initial[k]) for k, v in model.student_backbone.state_dict().items())
     assert moved
     # The reference stays the checkpoint; the Gram loss of the reference against itself is 0.

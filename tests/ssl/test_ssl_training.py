@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from vla_dino.encoder import IMAGENET_MEAN, IMAGENET_STD, DinoEncoder
-from vla_dino.ssl import MultiCropAugmentation, SSLConfig, SSLModel
+from vla_dino.ssl import MultiCropAugmentation, SSLConfig, SSLModel, SSLTrainer
 
 NUM_CLASSES = 4
 
@@ -75,17 +75,11 @@ def test_short_training_learns_the_hidden_attribute_without_collapse(one_thread)
 
     model = SSLModel(config, encoder, total_steps=steps).train()
     augment = MultiCropAugmentation.from_config(config, patch_size=7)
-    optimizer = torch.optim.AdamW(model.param_groups(), betas=config.optim.betas)
+    trainer = SSLTrainer(model)
     log_k, dim = math.log(64), encoder.hidden_size
     for step in range(steps):
         batch = augment(train_frames[torch.randint(0, len(train_frames), (batch_size,))])
-        model.apply_schedules(optimizer, step)
-        out = model(batch, step)
-        out.loss.backward()
-        model.clip_gradients()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        model.update_teacher(step)
+        out = trainer.step(batch, step)
         assert torch.isfinite(out.loss)
         if step >= 20:  # after the first steps: no uniform / one-hot teacher, spread features
             entropy = out.metrics["teacher_entropy"].item()

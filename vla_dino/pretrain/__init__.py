@@ -3,5 +3,7 @@
 Modules: `config` (dataclass tree + YAML presets + dotted overrides), `train` (the loop),
 `checkpoint` (atomic rotating checkpoints, RNG state), `sampler` (resumable sharded batches),
 `distributed` (torchrun, DDP / FSDP2), `monitor` (collapse + NaN guard), `logger` (jsonl/csv/
-tensorboard, loss curve). Kept import-free so `vla_dino.export` loads without the training stack.
+tensorboard, loss curve), `export` (the teacher backbone of a checkpoint or of the finished run;
+`python -m vla_dino.pretrain.export`). The one step is `vla_dino.ssl.SSLTrainer`. Nothing is
+imported here, so `python -m vla_dino.pretrain.export` does not load the training stack.
 """

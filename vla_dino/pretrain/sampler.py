@@ -2,8 +2,9 @@
 
 Epoch `e` is a permutation drawn from `seed + e` alone, split across ranks the way
 `torch.utils.data.DistributedSampler` does (rank r takes every world_size-th index), cut into
-full batches. The position is `(epoch, batch_index)`: a resumed run starts exactly at the next
-unseen batch, with no dependence on how far the previous process got.
+full batches. The position is `(epoch, batch_index)` (`next_position` steps it, across epochs): a
+resumed run starts exactly at the next unseen batch, with no dependence on how far the previous
+process got.
 
 Checkpoints store the position as *samples seen* of the epoch's permutation (`samples_done`),
 which does not depend on the batch size or the number of processes: rank r takes
@@ -41,6 +42,12 @@ class ResumableBatchSampler(Sampler[list[int]]):
         if not 0 <= batch_index < self.batches_per_epoch:
             raise ValueError(f"batch index {batch_index} outside 0..{self.batches_per_epoch - 1}")
         self.epoch, self.start_batch = epoch, batch_index
+
+    def next_position(self, epoch: int, batch_index: int) -> tuple[int, int]:
+        """The (epoch, batch_index) after batch `batch_index` of `epoch`: the next epoch's first
+        batch after the last one."""
+        batch_index += 1
+        return (epoch + 1, 0) if batch_index == self.batches_per_epoch else (epoch, batch_index)
 
     @property
     def global_batch(self) -> int:

@@ -1,11 +1,13 @@
 """The pretraining loop, readable top to bottom.
 
     frames (start-up scan, DataLoader, sharded resumable sampler) → multi-crop on the training
-    device → SSLModel forward under autocast → NaN guard → backward → clip → AdamW step → EMA
-    teacher → logs / collapse monitor / checkpoints
+    device → `SSLTrainer.step` (forward under autocast → NaN guard → backward → clip → AdamW step →
+    EMA teacher) → logs / collapse monitor / checkpoints → exported teacher
 
 `train(config, resume)` is the whole run; `python -m vla_dino.pretrain` parses the command
 line into a `PretrainConfig` and calls it (also under torchrun, one call per process).
+`_train` reads top to bottom: `_set_up` (data, model, trainer, resume) → the loop over batches
+(`_log_step`, `_save` at a `TrainPosition`) → `_finish`.
 
 The run stops only for a reason it states (vla_dino/pretrain/errors.py) and never loses more than
 one checkpoint interval: every path through the loop, including batches skipped because no frame
@@ -17,12 +19,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import math
 import os
 import signal
 import threading
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -33,7 +33,6 @@ from tqdm import tqdm
 
 from vla_dino.data import FrameDataset, NoFramesError, ScanResult, collate_frames, discover_sources, scan_sources
 from vla_dino.encoder import DinoEncoder
-from vla_dino.export import export_encoder
 from vla_dino.pretrain import distributed as D
 from vla_dino.pretrain.checkpoint import (
     CheckpointManager,
@@ -46,12 +45,13 @@ from vla_dino.pretrain.checkpoint import (
 )
 from vla_dino.pretrain.config import PretrainConfig, dump_config
 from vla_dino.pretrain.errors import ConfigError, DataError, NonFiniteLossError, OutputExistsError, ResumeError
+from vla_dino.pretrain.export import export_encoder, teacher_from_state
 from vla_dino.pretrain.logger import MetricsLogger, plot_loss_curve
 from vla_dino.pretrain.monitor import CollapseMonitor, NonFiniteGuard
 from vla_dino.pretrain.probe import ProbeFrames, ProbeMonitor, hold_out_sources, load_probe_frames, pixel_retrieval, probe_teacher
 from vla_dino.pretrain.sampler import ResumableBatchSampler
 from vla_dino.pretrain.skips import SkipLog
-from vla_dino.ssl import MultiCropAugmentation, SSLModel
+from vla_dino.ssl import MultiCropAugmentation, SSLModel, SSLTrainer, StepResult
 
 log = logging.getLogger("vla_dino.pretrain")
 
@@ -88,7 +88,133 @@ def train(config: PretrainConfig, resume: str | None = None) -> RunResult:
         D.cleanup()
 
 
+@dataclass
+class TrainPosition:
+    """Where the run stands: what a checkpoint saves and a resume continues from."""
+
+    step: int = 0  # optimiser steps done (skipped non-finite steps included)
+    epoch: int = 0  # the epoch of the next batch
+    batch_in_epoch: int = 0  # the next batch's index in its epoch
+
+
+@dataclass
+class SkipCounts:
+    """Unreadable samples and unusable batches (fewer readable frames than a step needs)."""
+
+    samples_before: int = 0  # totals of the run before this process (from the checkpoint)
+    batches_before: int = 0
+    samples: int = 0  # this process
+    batches: int = 0
+    since_log: int = 0  # samples since the last logged row
+    pending: list[tuple[int, str, str]] = field(default_factory=list)  # (step, file, reason), written at the next save
+
+
+@dataclass
+class _Run:
+    """What the set-up builds and the loop, the saves and the logs read."""
+
+    config: PretrainConfig
+    info: D.DistInfo
+    out: Path
+    resumed: bool
+    scan: ScanResult
+    dataset: FrameDataset
+    sampler: ResumableBatchSampler
+    fingerprint: str
+    probe_frames: ProbeFrames | None
+    model: SSLModel
+    trainer: SSLTrainer
+    augment: MultiCropAugmentation
+    precision: str
+    teacher_prefix: str
+    checkpoints: CheckpointManager
+    guard: NonFiniteGuard
+    monitor: CollapseMonitor
+    probe_monitor: ProbeMonitor
+    skips: SkipCounts
+    stop_step: int
+    min_frames: int  # KoLeo needs a nearest neighbour in the batch: a batch thinned to one frame is unusable
+    empty_limit: int
+    logger: MetricsLogger | None = None  # rank 0
+    skip_log: SkipLog | None = None  # rank 0
+    probe_logger: MetricsLogger | None = None  # rank 0, with probe frames
+
+
 def _train(config: PretrainConfig, resume: str | None, info: D.DistInfo) -> RunResult:
+    run, position = _set_up(config, resume, info)
+    batches = _batch_stream(run.dataset, run.sampler, position, config, info.device)
+    progress = tqdm(total=run.stop_step, initial=position.step, disable=not (info.is_main and config.log.progress_bar), unit="step")
+    stop_signal = _StopSignal()
+    stopped_by, last_saved = "finished", None
+    empty_streak = 0
+    run.model.train()
+    if run.probe_frames is not None and not run.resumed:
+        _run_probe(run, 0)  # the starting point (random init or the checkpoint) for the probe curve
+    try:
+        while position.step < run.stop_step:
+            t0 = time.perf_counter()
+            batch, (position.epoch, position.batch_in_epoch) = next(batches)
+            _take_skips(run, batch, position.step)
+            # every rank skips together (a rank without frames cannot join the collectives)
+            if D.broadcast_flag(batch["frame"].shape[0] < run.min_frames, info):  # too few frames: the next batch, bounded
+                empty_streak += 1
+                run.skips.batches += 1
+                if empty_streak >= run.empty_limit:
+                    last_saved = _save(run, position)
+                    D.barrier(info)
+                    raise DataError(
+                        f"{empty_streak} batches in a row had fewer than {run.min_frames} readable frame(s) "
+                        f"({'a whole epoch' if empty_streak >= run.sampler.batches_per_epoch else 'train.max_empty_batches'}); "
+                        f"stopping at step {position.step}. Saved {last_saved or run.checkpoints.path_for(position.step)}; the "
+                        f"unreadable files are listed in {run.out / 'skipped_samples.txt'}. Fix or remove them, then continue "
+                        f"with --resume"
+                    )
+                if D.broadcast_flag(stop_signal.received is not None, info):
+                    last_saved = _save(run, position)
+                    stopped_by = stop_signal.received or "signal"
+                    break
+                continue
+            empty_streak = 0
+
+            frames = batch["frame"].to(info.device, non_blocking=True)
+            neighbors = batch["neighbor"].to(info.device, non_blocking=True) if config.data.neighbor_offset > 0 else None
+            result = run.trainer.step(run.augment(frames, neighbors), position.step)
+            run.guard.record(result.finite, position.step)
+            if not result.finite and info.is_main:
+                log.warning("step %d: non-finite loss/gradients (loss=%s, grad_norm=%s); step skipped",
+                            position.step, float(result.loss), float(result.grad_norm))
+            position.step += 1
+            progress.update(1)
+            _log_step(run, position, result, frames.shape[0], t0, progress)
+
+            # ------------------------------------------------------------ checkpoints and stops
+            if run.guard.should_stop:
+                last_saved = _save(run, position)
+                D.barrier(info)
+                raise NonFiniteLossError(
+                    f"{run.guard.streak} consecutive non-finite steps (from step {run.guard.first_bad_step} to "
+                    f"{position.step - 1}); stopping. The weights and optimiser are the last good ones (no update was "
+                    f"applied since), saved to {last_saved or run.checkpoints.path_for(position.step)}. Lower "
+                    f"ssl.optim.base_lr, check the frames, or use train.precision=fp32, then continue with --resume."
+                )
+            signalled = D.broadcast_flag(stop_signal.received is not None, info)
+            if position.step % config.checkpoint.every_steps == 0 or signalled or position.step == run.stop_step:
+                last_saved = _save(run, position)
+            if signalled:
+                stopped_by = stop_signal.received or "signal"
+                break
+    finally:
+        progress.close()
+        stop_signal.restore()
+    if stopped_by == "finished" and position.step < config.train.steps:
+        stopped_by = "stop_at_step"
+    return _finish(run, position, stopped_by, last_saved)
+
+
+# -------------------------------------------------------------------- set-up
+def _set_up(config: PretrainConfig, resume: str | None, info: D.DistInfo) -> tuple[_Run, TrainPosition]:
+    """Data, model, trainer and run outputs, restored from the checkpoint `resume` names (in
+    the order the RNG streams expect: a resumed run continues bit-identically)."""
     out = Path(config.output_dir)
     device = info.device
     if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
@@ -106,11 +232,8 @@ def _train(config: PretrainConfig, resume: str | None, info: D.DistInfo) -> RunR
     scan, dataset, probe_frames = open_frames(config, info)
     sampler = ResumableBatchSampler(len(dataset), config.data.batch_size, config.train.seed, info.rank, info.world_size)
     fingerprint = frame_list_fingerprint(dataset)
-    # KoLeo needs a nearest neighbour in the batch: a batch thinned to one frame is unusable.
-    min_frames = 2 if config.ssl.loss.koleo_weight > 0 else 1
-    empty_limit = min(config.train.max_empty_batches, sampler.batches_per_epoch)
 
-    # ---------------------------------------------------------------- model and optimiser
+    # ---------------------------------------------------------------- model and trainer
     encoder = build_encoder(config)
     model = SSLModel(_ssl_config_for_run(config, info), encoder, total_steps=config.train.steps).to(device)
     try:
@@ -120,262 +243,205 @@ def _train(config: PretrainConfig, resume: str | None, info: D.DistInfo) -> RunR
     if state is not None:
         _check_checkpoint_fits(state, model, config, state_path)
     forward_model = D.wrap_model(model, config.distributed.strategy, info, config.distributed.find_unused_parameters)
-    optimizer = torch.optim.AdamW(model.param_groups(), **_adamw_kwargs(config))
     precision = _resolve_precision(config.train.precision, device)
-    autocast = _autocast(precision, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    teacher_prefix = _module_prefix(model, model.teacher_backbone)
+    trainer = SSLTrainer(model, precision, forward=forward_model, any_rank=lambda flag: D.broadcast_flag(flag, info))
+    run = _Run(
+        config=config, info=info, out=out, resumed=state is not None, scan=scan, dataset=dataset, sampler=sampler,
+        fingerprint=fingerprint, probe_frames=probe_frames, model=model, trainer=trainer, augment=augment,
+        precision=precision, teacher_prefix=_module_prefix(model, model.teacher_backbone), checkpoints=checkpoints,
+        guard=NonFiniteGuard(config.train.max_nonfinite_steps),
+        monitor=CollapseMonitor(config.log.collapse, num_prototypes=config.ssl.heads.num_prototypes),
+        probe_monitor=ProbeMonitor(config.log.probe_metric, max_drop=config.log.probe_max_drop, patience=config.log.probe_patience),
+        skips=SkipCounts(), stop_step=config.train.stop_at_step or config.train.steps,
+        min_frames=2 if config.ssl.loss.koleo_weight > 0 else 1,
+        empty_limit=min(config.train.max_empty_batches, sampler.batches_per_epoch),
+    )
+    position = TrainPosition() if state is None else _resume(run, state, state_path)
+    _open_outputs(run, position, state_path)
+    return run, position
 
-    # ---------------------------------------------------------------- resume
-    step, epoch, batch_index = 0, 0, 0
-    skipped_base, empty_base = 0, 0  # totals of the run before this process (from the checkpoint)
-    guard = NonFiniteGuard(config.train.max_nonfinite_steps)
-    if state is not None:
-        _load_weights_and_optimizer(model, optimizer, state, config, info, state_path)
-        if state["scaler"] and scaler.is_enabled():
-            scaler.load_state_dict(state["scaler"])
-        step = state["step"]
-        epoch, batch_index = _resume_position(state, sampler, fingerprint, config, info)
-        guard.streak = state["nonfinite_streak"]
-        skipped_base, empty_base = int(state.get("skipped_samples_total", 0)), int(state.get("skipped_batches_total", 0))
-        rng = state["rng"]
-        if len(rng) == info.world_size:
-            restore_rng_state(rng[info.rank])
-        elif info.is_main:
-            log.warning("checkpoint came from %d processes, this run has %d: RNG streams restart", len(rng), info.world_size)
-    stop_step = config.train.stop_at_step or config.train.steps
 
-    # ---------------------------------------------------------------- run outputs (rank 0)
-    logger, skip_log = None, None
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        dump_config(config, out / "config.yaml")
-        logger = MetricsLogger(out, tensorboard=config.log.tensorboard, resume_step=step if state is not None else None)
-        skip_log = SkipLog(out / "skipped_samples.txt", resume_step=step if state is not None else None)
-        skip_log.start_session(step, state_path, scan.unreadable)
-        log.info("%s\n%s", out, scan.report(config.data.stride))
-        log.info(
-            "%s: %d frames from %d readable sources, %d process(es) × batch %d, %s, %s, steps %d → %d",
-            out, len(dataset), len(dataset.sources), info.world_size, config.data.batch_size, device, precision, step, stop_step,
-        )
-    monitor = CollapseMonitor(config.log.collapse, num_prototypes=config.ssl.heads.num_prototypes)
-    probe_monitor = ProbeMonitor(config.log.probe_metric, max_drop=config.log.probe_max_drop, patience=config.log.probe_patience)
-    if state is not None and state.get("probe_monitor"):
-        probe_monitor.load_state_dict(state["probe_monitor"])
-    probe_logger = None
-    if info.is_main and probe_frames is not None:
-        probe_logger = MetricsLogger(out, tensorboard=config.log.tensorboard, resume_step=step if state is not None else None, stem="probe")
-        log.info("probe: %d held-out frames of %d episode(s) every %d steps (probe.jsonl)", len(probe_frames.pixels),
-                 len(probe_frames.episode.unique()), config.log.probe_every_steps)
+def _resume(run: _Run, state: dict, path: Path | None) -> TrainPosition:
+    """Weights, optimiser, scaler, guard, skip totals and RNG streams from the checkpoint; its position."""
+    config, info, trainer = run.config, run.info, run.trainer
+    _load_weights_and_optimizer(run.model, trainer.optimizer, state, config, info, path)
+    if state["scaler"] and trainer.scaler.is_enabled():
+        trainer.scaler.load_state_dict(state["scaler"])
+    epoch, batch_in_epoch = _resume_position(state, run.sampler, run.fingerprint, config, info)
+    run.guard.streak = state["nonfinite_streak"]
+    run.skips.samples_before = int(state.get("skipped_samples_total", 0))
+    run.skips.batches_before = int(state.get("skipped_batches_total", 0))
+    rng = state["rng"]
+    if len(rng) == info.world_size:
+        restore_rng_state(rng[info.rank])
+    elif info.is_main:
+        log.warning("checkpoint came from %d processes, this run has %d: RNG streams restart", len(rng), info.world_size)
+    if state.get("probe_monitor"):
+        run.probe_monitor.load_state_dict(state["probe_monitor"])
+    return TrainPosition(step=state["step"], epoch=epoch, batch_in_epoch=batch_in_epoch)
 
-    def run_probe(at_step: int) -> None:
-        """Every rank runs the teacher (FSDP shards it); rank 0 logs and warns."""
-        values = probe_teacher(model.teacher_backbone, probe_frames, config.ssl.crops.global_size, config.log.probe_window,
-                               config.train.seed)
-        if probe_logger is None:
-            return
-        if at_step == 0:
-            values["probe/pixels_retrieval_changed"] = pixel_retrieval(probe_frames, config.log.probe_window, config.train.seed)
-        probe_logger.log(at_step, values)
-        for problem in probe_monitor.check(at_step, values):
-            message = f"step {at_step}: probe: {problem}"
+
+def _open_outputs(run: _Run, position: TrainPosition, state_path: Path | None) -> None:
+    """config.yaml, the metrics and skip logs (continued on a resume) and the start-up report: rank 0."""
+    config, info, out = run.config, run.info, run.out
+    if not info.is_main:
+        return
+    resume_step = position.step if run.resumed else None
+    out.mkdir(parents=True, exist_ok=True)
+    dump_config(config, out / "config.yaml")
+    run.logger = MetricsLogger(out, tensorboard=config.log.tensorboard, resume_step=resume_step)
+    run.skip_log = SkipLog(out / "skipped_samples.txt", resume_step=resume_step)
+    run.skip_log.start_session(position.step, state_path, run.scan.unreadable)
+    log.info("%s\n%s", out, run.scan.report(config.data.stride))
+    log.info(
+        "%s: %d frames from %d readable sources, %d process(es) × batch %d, %s, %s, steps %d → %d",
+        out, len(run.dataset), len(run.dataset.sources), info.world_size, config.data.batch_size, info.device, run.precision,
+        position.step, run.stop_step,
+    )
+    if run.probe_frames is not None:
+        run.probe_logger = MetricsLogger(out, tensorboard=config.log.tensorboard, resume_step=resume_step, stem="probe")
+        log.info("probe: %d held-out frames of %d episode(s) every %d steps (probe.jsonl)", len(run.probe_frames.pixels),
+                 len(run.probe_frames.episode.unique()), config.log.probe_every_steps)
+
+
+# -------------------------------------------------------------------- step bookkeeping, logs
+def _take_skips(run: _Run, batch: dict[str, Any], step: int) -> None:
+    """Count the batch's unreadable samples; their records wait for the next save."""
+    run.dataset.merge_skipped(batch)
+    records = run.dataset.drain_new_skips()
+    run.skips.pending.extend((step + 1, file, reason) for file, reason in records)  # during step + 1
+    skipped = int(batch["num_skipped"])
+    run.skips.since_log += skipped
+    run.skips.samples += skipped
+
+
+def _log_step(run: _Run, position: TrainPosition, result: StepResult, num_frames: int, t0: float, progress: tqdm) -> None:
+    """The metrics row (rank 0, every log.every_steps), the collapse monitor and the probe."""
+    config, info, step, skips = run.config, run.info, position.step, run.skips
+    log_step = step % config.log.every_steps == 0 or step == run.stop_step  # the same on every rank
+    log_due = run.logger is not None and log_step
+    monitor_due = info.is_main and step % config.log.monitor_every_steps == 0 and step > config.log.collapse.after_step
+    skip_counts = D.sum_ints((skips.since_log, skips.samples, skips.batches), info) if log_step else None
+    if log_step:
+        skips.since_log = 0
+    # host copies of the metrics only on steps that use them (each is a device sync on GPU)
+    metrics = {k: float(v) for k, v in result.metrics.items()} if log_due or monitor_due else {}
+    if log_due:
+        elapsed = time.perf_counter() - t0
+        row = {"loss": float(result.loss), **metrics, **{k: float(v) for k, v in result.schedule.items()}}
+        row.update(grad_norm=float(result.grad_norm), skipped_step=int(not result.finite), epoch=position.epoch,
+                   step_time_s=elapsed, frames_per_s=num_frames * info.world_size / elapsed,
+                   # unreadable samples since the previous row, and over the whole run
+                   skipped_samples=skip_counts[0], skipped_samples_total=skips.samples_before + skip_counts[1],
+                   skipped_batches_total=skips.batches_before + skip_counts[2])
+        run.logger.log(step, row)
+        progress.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row.get('lr', float('nan')):.2e}")
+    if monitor_due:
+        for problem in run.monitor.check(metrics):
+            message = f"step {step}: possible collapse: {problem}"
             log.warning(message)
             tqdm.write("WARNING " + message)
-    stop_signal = _StopSignal()
-    # Skip counters of this process: since the last logged row, and since the process started.
-    skipped_since_log, skipped_here, empty_here = 0, 0, 0
-    pending_skips: list[tuple[int, str, str]] = []  # (step, file, reason), written at the next save
+    if run.probe_frames is not None and (step % config.log.probe_every_steps == 0 or step == run.stop_step):
+        _run_probe(run, step)
 
-    def save() -> Path | None:
-        """Collective (skip records and totals are gathered; FSDP state too); rank 0 writes."""
-        full = D.model_state_dict(model, config.distributed.strategy, info)
-        optim = D.optimizer_state_dict(model, optimizer, config.distributed.strategy, info)
-        rng = D.all_gather_objects(capture_rng_state(), info)
-        records = D.all_gather_objects(list(pending_skips), info)
-        pending_skips.clear()
-        skipped, empty = D.sum_ints((skipped_here, empty_here), info)
-        if not info.is_main:
-            return None
-        payload = {
-            "format": CHECKPOINT_FORMAT,
-            "step": step,
-            "epoch": epoch,
-            "batch_index": batch_index,
-            "world_size": info.world_size,
-            # the position in a form that survives a change of batch size or of processes
-            "data_position": {
-                "epoch": epoch,
-                "samples_done": sampler.samples_done(batch_index),
-                "num_samples": len(dataset),
-                "fingerprint": fingerprint,
-                "seed": config.train.seed,
-                "global_batch": sampler.global_batch,
-            },
-            "skipped_samples_total": skipped_base + skipped,
-            "skipped_batches_total": empty_base + empty,
-            "model": full,
-            "optimizer": optim,
-            "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-            "rng": rng,
-            "nonfinite_streak": guard.streak,
-            "probe_monitor": probe_monitor.state_dict(),
-            "teacher_prefix": teacher_prefix,
-            "encoder_config": model.teacher_backbone.config.to_json_string(),
-            "config": config.to_dict(),
-        }
-        # records and their marker before the payload: if the payload never lands, a resume from the
-        # previous checkpoint drops them (everything after its marker) and re-meets those skips
-        skip_log.append(sorted((r for rank in records for r in rank), key=lambda r: r[0]), step)
-        return checkpoints.save(payload, step)
 
-    def take_skips(batch: dict[str, Any]) -> int:
-        dataset.merge_skipped(batch)
-        records = dataset.drain_new_skips()
-        pending_skips.extend((step + 1, file, reason) for file, reason in records)  # during step + 1
-        return int(batch["num_skipped"])
+def _run_probe(run: _Run, at_step: int) -> None:
+    """Every rank runs the teacher (FSDP shards it); rank 0 logs and warns."""
+    config = run.config
+    values = probe_teacher(run.model.teacher_backbone, run.probe_frames, config.ssl.crops.global_size, config.log.probe_window,
+                           config.train.seed)
+    if run.probe_logger is None:
+        return
+    if at_step == 0:
+        values["probe/pixels_retrieval_changed"] = pixel_retrieval(run.probe_frames, config.log.probe_window, config.train.seed)
+    run.probe_logger.log(at_step, values)
+    for problem in run.probe_monitor.check(at_step, values):
+        message = f"step {at_step}: probe: {problem}"
+        log.warning(message)
+        tqdm.write("WARNING " + message)
 
-    # ---------------------------------------------------------------- the loop
-    batches = _batch_stream(dataset, sampler, epoch, batch_index, config, device)
-    progress = tqdm(total=stop_step, initial=step, disable=not (info.is_main and config.log.progress_bar), unit="step")
-    stopped_by, last_saved = "finished", None
-    empty_streak = 0
-    model.train()
-    if probe_frames is not None and state is None:
-        run_probe(0)  # the starting point (random init or the checkpoint) for the probe curve
-    try:
-        while step < stop_step:
-            t0 = time.perf_counter()
-            epoch, batch_index, batch = next(batches)
-            skipped = take_skips(batch)
-            skipped_since_log += skipped
-            skipped_here += skipped
-            # every rank skips together (a rank without frames cannot join the collectives)
-            unusable = D.broadcast_flag(batch["frame"].shape[0] < min_frames, info)
-            if unusable:  # too few readable frames in this batch: take the next one, bounded
-                batch_index += 1
-                if batch_index == sampler.batches_per_epoch:
-                    epoch, batch_index = epoch + 1, 0
-                empty_streak += 1
-                empty_here += 1
-                if empty_streak >= empty_limit:
-                    last_saved = save()
-                    D.barrier(info)
-                    raise DataError(
-                        f"{empty_streak} batches in a row had fewer than {min_frames} readable frame(s) "
-                        f"({'a whole epoch' if empty_streak >= sampler.batches_per_epoch else 'train.max_empty_batches'}); "
-                        f"stopping at step {step}. Saved {last_saved or checkpoints.path_for(step)}; the unreadable "
-                        f"files are listed in {out / 'skipped_samples.txt'}. Fix or remove them, then continue with --resume"
-                    )
-                if D.broadcast_flag(stop_signal.received is not None, info):
-                    last_saved = save()
-                    stopped_by = stop_signal.received or "signal"
-                    break
-                continue
-            empty_streak = 0
-            frames = batch["frame"].to(device, non_blocking=True)
-            neighbors = batch["neighbor"].to(device, non_blocking=True) if config.data.neighbor_offset > 0 else None
-            crops = augment(frames, neighbors)
 
-            schedule = model.apply_schedules(optimizer, step)
-            with autocast:
-                output = forward_model(crops, step)
-            finite = not D.broadcast_flag(not bool(torch.isfinite(output.loss.detach())), info)  # every rank skips together
+# -------------------------------------------------------------------- checkpoint
+def _save(run: _Run, position: TrainPosition) -> Path | None:
+    """Collective (skip records and totals are gathered; FSDP state too); rank 0 writes."""
+    config, info, model, trainer, skips, sampler = run.config, run.info, run.model, run.trainer, run.skips, run.sampler
+    full = D.model_state_dict(model, config.distributed.strategy, info)
+    optim = D.optimizer_state_dict(model, trainer.optimizer, config.distributed.strategy, info)
+    rng = D.all_gather_objects(capture_rng_state(), info)
+    records = D.all_gather_objects(list(skips.pending), info)
+    skips.pending.clear()
+    skipped, empty = D.sum_ints((skips.samples, skips.batches), info)
+    if not info.is_main:
+        return None
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "step": position.step,
+        "epoch": position.epoch,
+        "batch_index": position.batch_in_epoch,
+        "world_size": info.world_size,
+        # the position in a form that survives a change of batch size or of processes
+        "data_position": {
+            "epoch": position.epoch,
+            "samples_done": sampler.samples_done(position.batch_in_epoch),
+            "num_samples": len(run.dataset),
+            "fingerprint": run.fingerprint,
+            "seed": config.train.seed,
+            "global_batch": sampler.global_batch,
+        },
+        "skipped_samples_total": skips.samples_before + skipped,
+        "skipped_batches_total": skips.batches_before + empty,
+        "model": full,
+        "optimizer": optim,
+        "scaler": trainer.scaler.state_dict() if trainer.scaler.is_enabled() else {},
+        "rng": rng,
+        "nonfinite_streak": run.guard.streak,
+        "probe_monitor": run.probe_monitor.state_dict(),
+        "teacher_prefix": run.teacher_prefix,
+        "encoder_config": model.teacher_backbone.config.to_json_string(),
+        "config": config.to_dict(),
+    }
+    # records and their marker before the payload: if the payload never lands, a resume from the
+    # previous checkpoint drops them (everything after its marker) and re-meets those skips
+    run.skip_log.append(sorted((r for rank in records for r in rank), key=lambda r: r[0]), position.step)
+    return run.checkpoints.save(payload, position.step)
 
-            grad_norm = float("nan")
-            if finite:
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(output.loss).backward()
-                scaler.unscale_(optimizer)
-                grad_norm = float(model.clip_gradients())
-                # fp16: inf gradients are the scaler's business (it skips and lowers the scale)
-                finite = math.isfinite(grad_norm) or scaler.is_enabled()
-                if finite:
-                    scaler.step(optimizer)
-                    scaler.update()
-                    model.update_teacher(step)
-                optimizer.zero_grad(set_to_none=True)
-            guard.record(finite, step)
-            if not finite and info.is_main:
-                log.warning("step %d: non-finite loss/gradients (loss=%s, grad_norm=%s); step skipped", step, float(output.loss.detach()), grad_norm)
 
-            step += 1
-            batch_index += 1
-            if batch_index == sampler.batches_per_epoch:
-                epoch, batch_index = epoch + 1, 0
-            progress.update(1)
-
-            # ------------------------------------------------------------ logs and monitors
-            log_step = step % config.log.every_steps == 0 or step == stop_step  # the same on every rank
-            log_due = logger is not None and log_step
-            monitor_due = info.is_main and step % config.log.monitor_every_steps == 0 and step > config.log.collapse.after_step
-            skip_counts = D.sum_ints((skipped_since_log, skipped_here, empty_here), info) if log_step else None
-            if log_step:
-                skipped_since_log = 0
-            # host copies of the metrics only on steps that use them (each is a device sync on GPU)
-            metrics = {k: float(v) for k, v in output.metrics.items()} if log_due or monitor_due else {}
-            if log_due:
-                elapsed = time.perf_counter() - t0
-                row = {"loss": float(output.loss.detach()), **metrics, **{k: float(v) for k, v in schedule.items()}}
-                row.update(grad_norm=grad_norm, skipped_step=int(not finite), epoch=epoch, step_time_s=elapsed,
-                           frames_per_s=frames.shape[0] * info.world_size / elapsed,
-                           # unreadable samples since the previous row, and over the whole run
-                           skipped_samples=skip_counts[0], skipped_samples_total=skipped_base + skip_counts[1],
-                           skipped_batches_total=empty_base + skip_counts[2])
-                logger.log(step, row)
-                progress.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row.get('lr', float('nan')):.2e}")
-            if monitor_due:
-                for problem in monitor.check(metrics):
-                    message = f"step {step}: possible collapse: {problem}"
-                    log.warning(message)
-                    tqdm.write("WARNING " + message)
-            if probe_frames is not None and (step % config.log.probe_every_steps == 0 or step == stop_step):
-                run_probe(step)
-
-            # ------------------------------------------------------------ checkpoints and stops
-            if guard.should_stop:
-                last_saved = save()
-                D.barrier(info)
-                raise NonFiniteLossError(
-                    f"{guard.streak} consecutive non-finite steps (from step {guard.first_bad_step} to {step - 1}); "
-                    f"stopping. The weights and optimiser are the last good ones (no update was applied since), "
-                    f"saved to {last_saved or checkpoints.path_for(step)}. Lower ssl.optim.base_lr, check the frames, "
-                    f"or use train.precision=fp32, then continue with --resume."
-                )
-            signalled = D.broadcast_flag(stop_signal.received is not None, info)
-            if step % config.checkpoint.every_steps == 0 or signalled or step == stop_step:
-                last_saved = save()
-            if signalled:
-                stopped_by = stop_signal.received or "signal"
-                break
-    finally:
-        progress.close()
-        stop_signal.restore()
-    if stopped_by == "finished" and step < config.train.steps:
-        stopped_by = "stop_at_step"
-
-    # ---------------------------------------------------------------- end of run
-    skipped_run, _ = D.sum_ints((skipped_here, empty_here), info)
-    summaries = D.all_gather_objects(dataset.skipped_summary(), info)
-    result = RunResult(output_dir=out, step=step, stopped_by=stopped_by, checkpoint=last_saved, skipped_samples=skipped_run,
-                       skipped_samples_total=skipped_base + skipped_run)
+# -------------------------------------------------------------------- end of run
+def _finish(run: _Run, position: TrainPosition, stopped_by: str, last_saved: Path | None) -> RunResult:
+    """Skip summary, closed logs and loss curve (rank 0), the exported teacher of a run that reached its stop."""
+    config, info, step = run.config, run.info, position.step
+    skipped_run, _ = D.sum_ints((run.skips.samples, run.skips.batches), info)
+    summaries = D.all_gather_objects(run.dataset.skipped_summary(), info)
+    result = RunResult(output_dir=run.out, step=step, stopped_by=stopped_by, checkpoint=last_saved, skipped_samples=skipped_run,
+                       skipped_samples_total=run.skips.samples_before + skipped_run)
     if info.is_main:
-        logger.close()
-        if probe_logger is not None:
-            probe_logger.close()
-        plot_loss_curve(logger.jsonl_path, out / "loss_curve.png")
+        run.logger.close()
+        if run.probe_logger is not None:
+            run.probe_logger.close()
+        plot_loss_curve(run.logger.jsonl_path, run.out / "loss_curve.png")
         summary = "\n".join(f"[rank {r}] {text}" if info.distributed else text for r, text in enumerate(summaries))
-        skip_log.end_session(step, summary)
+        run.skip_log.end_session(step, summary)
         log.info("%d unreadable sample(s) skipped in this session, %d over the run (listed in %s).\n%s",
-                 skipped_run, result.skipped_samples_total, skip_log.path, summary)
-        if config.export.at_end and stopped_by in ("finished", "stop_at_step"):
-            teacher = _unsharded_teacher(model, config, info) if config.distributed.strategy == "fsdp" else model.teacher_backbone
-            result.exported = export_encoder(teacher, out / "export", config.export.formats)
-        if stopped_by not in ("finished",):
-            log.info("stopped (%s) at step %d of %d; continue with --resume", stopped_by, step, config.train.steps)
-    elif config.export.at_end and stopped_by in ("finished", "stop_at_step") and config.distributed.strategy == "fsdp":
-        D.model_state_dict(model, config.distributed.strategy, info)  # the gather is collective; rank 0 keeps it
+                 skipped_run, result.skipped_samples_total, run.skip_log.path, summary)
+    if config.export.at_end and stopped_by in ("finished", "stop_at_step"):
+        result.exported = _export_teacher(run)
+    if info.is_main and stopped_by not in ("finished",):
+        log.info("stopped (%s) at step %d of %d; continue with --resume", stopped_by, step, config.train.steps)
     D.barrier(info)
     return result
+
+
+def _export_teacher(run: _Run) -> dict[str, Path]:
+    """The teacher backbone to `<output_dir>/export` (rank 0); FSDP2 first gathers the full
+    weights into a fresh CPU encoder (collective)."""
+    config, info, model = run.config, run.info, run.model
+    teacher: DinoEncoder = model.teacher_backbone
+    if config.distributed.strategy == "fsdp":
+        full = D.model_state_dict(model, config.distributed.strategy, info)  # every rank gathers; rank 0 keeps it
+        if not info.is_main:
+            return {}
+        teacher = teacher_from_state(full, run.teacher_prefix, model.teacher_backbone.config)
+    return export_encoder(teacher, run.out / "export", config.export.formats) if info.is_main else {}
 
 
 # -------------------------------------------------------------------- data
@@ -440,9 +506,10 @@ def frame_list_fingerprint(dataset: FrameDataset) -> str:
 
 
 def _batch_stream(
-    dataset: FrameDataset, sampler: ResumableBatchSampler, epoch: int, batch_index: int, config: PretrainConfig, device: torch.device
-) -> Iterator[tuple[int, int, dict[str, Any]]]:
-    """Endless (epoch, batch_index, batch) from the given position on."""
+    dataset: FrameDataset, sampler: ResumableBatchSampler, start: TrainPosition, config: PretrainConfig, device: torch.device
+) -> Iterator[tuple[dict[str, Any], tuple[int, int]]]:
+    """Endless batches from `start` on, each with the (epoch, batch_in_epoch) of the batch after it."""
+    epoch, batch_index = start.epoch, start.batch_in_epoch
     while True:
         sampler.set_position(epoch, batch_index)
         dataset.set_epoch(epoch)  # temporal-neighbour draws change per epoch (before workers copy it)
@@ -458,9 +525,8 @@ def _batch_stream(
             persistent_workers=False,
         )
         for batch in loader:
-            yield epoch, batch_index, batch
-            batch_index += 1
-        epoch, batch_index = epoch + 1, 0
+            epoch, batch_index = sampler.next_position(epoch, batch_index)
+            yield batch, (epoch, batch_index)
 
 
 # -------------------------------------------------------------------- model
@@ -548,7 +614,7 @@ def _check_target_steps(saved_step: int, config: PretrainConfig, path: Path | No
         raise ResumeError(
             f"train.steps={steps} is below the checkpoint's step {saved_step} ({path}): there is nothing to train. "
             f"Pass --steps above {saved_step} to train longer (the schedules stretch to it), or export this checkpoint "
-            f"with python -m vla_dino.export --checkpoint {path}"
+            f"with python -m vla_dino.pretrain.export --checkpoint {path}"
         )
     if stop is not None and stop < saved_step:
         raise ResumeError(f"train.stop_at_step={stop} is below the checkpoint's step {saved_step} ({path}); "
@@ -651,11 +717,6 @@ def _ssl_config_for_run(config: PretrainConfig, info: D.DistInfo):
     return dataclasses.replace(config.ssl, optim=pinned)
 
 
-def _adamw_kwargs(config: PretrainConfig) -> dict[str, Any]:
-    # lr and weight decay are placeholders: apply_schedules sets both on every group each step.
-    return {"lr": 0.0, "weight_decay": 0.0, "betas": tuple(config.ssl.optim.betas)}
-
-
 def _resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "auto":
         return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
@@ -664,26 +725,11 @@ def _resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-def _autocast(precision: str, device: torch.device):
-    if precision == "fp32":
-        return nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-
-
 def _module_prefix(root: torch.nn.Module, target: torch.nn.Module) -> str:
     for name, module in root.named_modules():
         if module is target:
             return name + "." if name else ""
     raise ValueError("teacher backbone is not a submodule of the SSL model")
-
-
-def _unsharded_teacher(model: torch.nn.Module, config: PretrainConfig, info: D.DistInfo) -> DinoEncoder:
-    """FSDP2: gather the full teacher weights into a fresh CPU encoder (collective)."""
-    full = D.model_state_dict(model, config.distributed.strategy, info)
-    prefix = _module_prefix(model, model.teacher_backbone)
-    teacher = DinoEncoder(model.teacher_backbone.config)
-    teacher.load_state_dict({k[len(prefix) :]: v for k, v in full.items() if k.startswith(prefix)}, strict=True)
-    return teacher
 
 
 class _StopSignal:

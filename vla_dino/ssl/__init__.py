@@ -11,13 +11,10 @@ Public API::
     #  .global_crops (2B,3,G,G) crop-major, .local_crops (L·B,3,l,l), .masks (2B,(G/p)²) bool, .to(device)
 
     model = SSLModel(config, DinoEncoder.from_size("vits14") or DinoEncoder.from_pretrained(...), total_steps)
-    optimizer = torch.optim.AdamW(model.param_groups(), betas=config.optim.betas)
+    trainer = SSLTrainer(model, precision="fp32")         # owns AdamW over model.param_groups() and the grad scaler
     for step in range(total_steps):
-        values = model.apply_schedules(optimizer, step)   # {"lr","last_layer_lr","weight_decay","momentum","teacher_temp"}
-        out = model(batch, step)                           # SSLOutput(loss, metrics)
-        out.loss.backward(); grad_norm = model.clip_gradients()
-        optimizer.step(); optimizer.zero_grad(set_to_none=True)
-        model.update_teacher(step)
+        result = trainer.step(batch, step)   # schedules → forward → non-finite guard → backward → clip → AdamW → EMA
+        # StepResult(loss, metrics, grad_norm, finite, schedule={"lr","last_layer_lr","weight_decay","momentum","teacher_temp"})
 
 Metrics: dino_local, dino_global, ibot, koleo (sum over the 2 global crops, as it enters the
 loss), gram (when used), teacher_entropy (mean entropy of the teacher's CLS targets; log K
@@ -35,7 +32,7 @@ Distributed: wrap the whole SSLModel in DDP (the teacher and Gram reference have
 requires_grad=False, so DDP neither syncs nor waits for them; the student runs in a single
 forward call). Centering statistics are all-reduced when torch.distributed is initialised;
 losses are per-rank means, so DDP's gradient average equals the single-process gradient.
-bf16 autocast belongs to the caller; losses and teacher targets compute in fp32.
+Autocast (`SSLTrainer(precision=...)`) wraps the forward only; losses and teacher targets compute in fp32.
 
 Continued pretraining: pass a released checkpoint as the encoder; heads are fresh, student =
 teacher = checkpoint; `continued.head_warmup_steps` keeps the backbone's lr at 0 while the
@@ -59,6 +56,7 @@ from vla_dino.ssl.heads import DinoHead
 from vla_dino.ssl.masking import BlockMaskGenerator, sample_masks
 from vla_dino.ssl.model import SSLModel, SSLNetwork, SSLOutput
 from vla_dino.ssl.schedules import SSLSchedules
+from vla_dino.ssl.trainer import SSLTrainer, StepResult
 
 __all__ = [
     "BlockMaskGenerator",
@@ -76,8 +74,10 @@ __all__ = [
     "SSLNetwork",
     "SSLOutput",
     "SSLSchedules",
+    "SSLTrainer",
     "ScheduleConfig",
     "SoftmaxCenter",
+    "StepResult",
     "TeacherTargets",
     "sample_masks",
     "sinkhorn_knopp",

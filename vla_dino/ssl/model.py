@@ -227,9 +227,9 @@ class SSLModel(nn.Module):
             "teacher_temp": s.teacher_temp(step),
         }
 
-    def clip_gradients(self) -> float:
+    def clip_gradients(self) -> torch.Tensor:
         """Clip gradient norms to optim.clip_grad (per module — backbone, each head — as
-        upstream, or over everything); returns the total norm before clipping."""
+        upstream, or over everything); returns the total norm before clipping (a device scalar)."""
         optim = self.config.optim
         max_norm = optim.clip_grad if optim.clip_grad > 0 else math.inf
         modules = [m for m in (self.student.backbone, self.student.dino_head, self.student.ibot_head) if m is not None]
@@ -239,4 +239,4 @@ class SSLModel(nn.Module):
             params = [p for p in module.parameters() if p.grad is not None]
             if params:
                 norms.append(torch.nn.utils.clip_grad_norm_(params, max_norm).float())
-        return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
+        return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())

@@ -5,7 +5,7 @@ is the model you keep) to
               `DinoEncoder.from_pretrained` both load it);
 - `official`: `<out>/teacher_backbone.pth`, the official DINOv2 .pth layout.
 
-    python -m vla_dino.export --checkpoint outputs/pretrain --out exported --format both
+    python -m vla_dino.pretrain.export --checkpoint outputs/pretrain --out exported --format both
 
 Only the checkpoint is needed: it carries the encoder config and where the teacher sits in the
 state dict, so exporting needs neither the SSL code nor the run's config.
@@ -16,14 +16,26 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
-from transformers import Dinov2Config, Dinov2WithRegistersConfig
+import torch
+from transformers import Dinov2Config, Dinov2WithRegistersConfig, PretrainedConfig
 
 from vla_dino.encoder import DinoEncoder
 from vla_dino.pretrain.checkpoint import load_checkpoint, resolve_checkpoint
 
 FORMATS = ("hf", "official")
+
+
+def teacher_from_state(model_state: Mapping[str, torch.Tensor], prefix: str, config: PretrainedConfig) -> DinoEncoder:
+    """A fresh encoder holding the teacher backbone of an SSL model's full state dict (the keys
+    under `prefix`, e.g. "teacher.backbone.")."""
+    state = {k[len(prefix) :]: v for k, v in model_state.items() if k.startswith(prefix)}
+    if not state:
+        raise ValueError(f"checkpoint state dict has no entries under the teacher prefix {prefix!r}")
+    encoder = DinoEncoder(config)
+    encoder.load_state_dict(state, strict=True)
+    return encoder.eval()
 
 
 def teacher_from_checkpoint(checkpoint: dict[str, Any] | str | Path) -> DinoEncoder:
@@ -35,13 +47,7 @@ def teacher_from_checkpoint(checkpoint: dict[str, Any] | str | Path) -> DinoEnco
             raise ValueError(f"checkpoint has no {key!r} entry; it was not written by vla_dino.pretrain")
     fields = json.loads(checkpoint["encoder_config"])
     config_cls = Dinov2WithRegistersConfig if fields.get("model_type") == "dinov2_with_registers" else Dinov2Config
-    encoder = DinoEncoder(config_cls.from_dict(fields))
-    prefix = checkpoint["teacher_prefix"]
-    state = {k[len(prefix) :]: v for k, v in checkpoint["model"].items() if k.startswith(prefix)}
-    if not state:
-        raise ValueError(f"checkpoint state dict has no entries under the teacher prefix {prefix!r}")
-    encoder.load_state_dict(state, strict=True)
-    return encoder.eval()
+    return teacher_from_state(checkpoint["model"], checkpoint["teacher_prefix"], config_cls.from_dict(fields))
 
 
 def export_encoder(encoder: DinoEncoder, out: str | Path, formats: Sequence[str] = FORMATS) -> dict[str, Path]:
@@ -64,7 +70,7 @@ def export_checkpoint(checkpoint: dict[str, Any] | str | Path, out: str | Path, 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     parser = argparse.ArgumentParser(
-        prog="python -m vla_dino.export", description="Export the teacher backbone of a vla_dino pretraining checkpoint."
+        prog="python -m vla_dino.pretrain.export", description="Export the teacher backbone of a vla_dino pretraining checkpoint."
     )
     parser.add_argument("--checkpoint", required=True, help="a step_*.pt file, or a run folder (its latest checkpoint)")
     parser.add_argument("--out", required=True, help="output folder (hf/ and/or teacher_backbone.pth inside)")
