@@ -44,9 +44,9 @@ from typing import Any
 import numpy as np
 
 from machine import machine_name  # benchmarks/machine.py (this script's folder)
-from vla_dino.runtime.checkpoint import TINY_ACT, write_random_checkpoint
 from vla_dino.runtime.client import PolicyClient, PolicyServerError
 from vla_dino.runtime.protocol import CONTENT_TYPE, encode_frame
+from vla_dino.runtime.random_checkpoint import TINY_ACT, write_random_checkpoint
 from vla_dino.runtime.runtime import PolicyRuntime, RuntimeConfig
 
 TOKEN = "bench-token-not-a-secret"

@@ -26,9 +26,10 @@ import numpy as np
 import torch
 
 from machine import machine_name  # benchmarks/machine.py (this script's folder)
-from vla_dino.runtime.checkpoint import TINY_ACT, write_random_checkpoint
 from vla_dino.runtime.chunking import ControlConfig, ControlLoop
-from vla_dino.runtime.runtime import COMPILE_MODES, PolicyRuntime, RuntimeConfig, lerobot_predict_chunk, load_policy
+from vla_dino.runtime.loading import lerobot_predict_chunk, load_policy
+from vla_dino.runtime.random_checkpoint import TINY_ACT, write_random_checkpoint
+from vla_dino.runtime.runtime import COMPILE_MODES, PolicyRuntime, RuntimeConfig
 
 
 def vla_dino_preset(dino: str, siglip: str | None, image_size: int, **head: object) -> dict:

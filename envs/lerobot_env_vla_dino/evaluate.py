@@ -100,21 +100,11 @@ class LeRobotPolicyRunner:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | None = None) -> "LeRobotPolicyRunner":
-        """Loads a checkpoint folder (`config.json`, `model.safetensors`, processor files)."""
-        from lerobot.configs.policies import PreTrainedConfig
-        from lerobot.policies.factory import get_policy_class
-        from lerobot.utils.import_utils import register_third_party_plugins
+        """Loads a checkpoint folder (`config.json`, `model.safetensors`, processor files); `device=None`
+        keeps the checkpoint's."""
+        from vla_dino.runtime.loading import load_policy
 
-        register_third_party_plugins()  # policy types of installed lerobot_policy_* plugins (ours included)
-        path = Path(path)
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"{path} has no config.json; expected a LeRobot pretrained_model folder")
-        config = PreTrainedConfig.from_pretrained(str(path))
-        if device is not None:
-            config.device = device
-        config.pretrained_path = path
-        policy = get_policy_class(config.type).from_pretrained(str(path), config=config)
-        return cls(policy)
+        return cls(*load_policy(path, device))
 
     def reset(self) -> None:
         self.policy.reset()

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from vla_dino.runtime.checkpoint import TINY_ACT, write_random_checkpoint
+from vla_dino.runtime.random_checkpoint import TINY_ACT, write_random_checkpoint
 from vla_dino.runtime.runtime import PolicyRuntime, RuntimeConfig
 
 CAMERAS = {"front": (32, 32), "wrist": (24, 32)}

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from vla_dino.adapter import VisionTokenizerConfig
-from vla_dino.runtime.checkpoint import write_random_checkpoint
-from vla_dino.runtime.runtime import PolicyRuntime, RuntimeConfig, lerobot_predict_chunk, load_policy
+from vla_dino.runtime.loading import lerobot_predict_chunk, load_policy
+from vla_dino.runtime.random_checkpoint import write_random_checkpoint
+from vla_dino.runtime.runtime import PolicyRuntime, RuntimeConfig
 
 TINY_VLA_DINO = dict(
     vision=VisionTokenizerConfig(dino="tiny", image_size=56, projector="mlp", out_dim=32),

@@ -7,14 +7,9 @@ import torch
 from lerobot.policies.utils import prepare_observation_for_inference
 from lerobot.processor import UnnormalizerProcessorStep
 
-from vla_dino.runtime.runtime import (
-    ObservationError,
-    PolicyRuntime,
-    RuntimeConfig,
-    lerobot_predict_chunk,
-    load_policy,
-    resolve_checkpoint_dir,
-)
+from vla_dino.runtime.loading import lerobot_predict_chunk, load_policy, resolve_checkpoint_dir
+from vla_dino.runtime.runtime import PolicyRuntime, RuntimeConfig
+from vla_dino.runtime.spec import ObservationError
 
 
 def observations(runtime: PolicyRuntime, n: int) -> list[dict[str, np.ndarray]]:

@@ -1,9 +1,7 @@
 """Low-latency batch-1 inference for any LeRobot ``PreTrainedPolicy`` checkpoint.
 
-``PolicyRuntime`` loads a checkpoint folder the way ``lerobot-rollout`` does
-(``PreTrainedConfig.from_pretrained`` → ``get_policy_class(type).from_pretrained`` →
-``make_pre_post_processors(pretrained_path=...)``), so LeRobot's built-in policies and
-plugin policies (our ``vla_dino`` types) load the same way. Per call it
+``PolicyRuntime`` loads a checkpoint folder with :func:`vla_dino.runtime.loading.load_policy` (the way
+``lerobot-rollout`` does). Per call it
 
 1. copies the raw observation into preallocated (pinned, on CUDA) host buffers and issues
    non-blocking copies into preallocated device buffers (images travel as uint8: 4× fewer
@@ -15,7 +13,8 @@ plugin policies (our ``vla_dino`` types) load the same way. Per call it
    postprocessor (kept on the device), then one copy of the chunk back to pinned host memory.
 
 Options that need CUDA (pinned memory, CUDA graphs) are skipped on other devices with a
-logged note. A captured CUDA graph is checked against an eager call before it is used and
+logged note. A captured CUDA graph (:mod:`vla_dino.runtime.graphs`) covers either the whole device
+pipeline or the policy forward only; it is checked against an eager call before it is used and
 dropped (with a warning) when it disagrees.
 """
 
@@ -32,15 +31,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from lerobot.configs.policies import PreTrainedConfig
-from lerobot.policies.factory import get_policy_class, make_pre_post_processors
 from lerobot.policies.pretrained import PreTrainedPolicy
-from lerobot.policies.utils import prepare_observation_for_inference
-from lerobot.utils.import_utils import register_third_party_plugins
 
 from vla_dino.device import PRECISIONS, autocast, resolve_device, resolve_dtype
-from vla_dino.runtime.guard import ActionGuard, UnsafeActionError
-from vla_dino.runtime.spec import ArraySpec, ObservationError, PolicySpec
+from vla_dino.runtime.graphs import CapturedGraph
+from vla_dino.runtime.guard import ActionGuard
+from vla_dino.runtime.loading import load_policy
+from vla_dino.runtime.spec import ArraySpec, PolicySpec
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +53,7 @@ class RuntimeConfig:
     """How to run the policy (CLI-facing through ``vla_dino.runtime.serve``)."""
 
     device: str = "auto"  # "auto": cuda when available, else cpu
-    dtype: str = "auto"  # fp32 | bf16 | fp16 | auto (bf16 on CUDA, fp32 elsewhere): vla_dino.device; autocast, weights stay fp32
+    dtype: str = "auto"  # fp32 | bf16 | fp16 | auto (vla_dino.device.resolve_dtype); autocast, weights stay fp32
     cast_weights: bool = False  # store weights in the autocast dtype: no per-call fp32 -> bf16 weight casts
     compile: bool = False  # torch.compile(policy.predict_action_chunk)
     # "default" compiles a large policy in about a minute; "max-autotune*" benchmarks kernels (many minutes);
@@ -90,97 +87,15 @@ class RuntimeConfig:
         return resolve_dtype(self.dtype, device, flag="--runtime.dtype")
 
 
-def resolve_checkpoint_dir(path: str | Path) -> Path:
-    """Accept ``.../pretrained_model``, its parent checkpoint step folder, or a run's ``checkpoints/last``."""
-    path = Path(path)
-    if (path / "config.json").is_file():
-        return path
-    if (path / "pretrained_model" / "config.json").is_file():
-        return path / "pretrained_model"
-    raise FileNotFoundError(
-        f"{path}: not a LeRobot policy checkpoint (expected config.json here or in {path / 'pretrained_model'}; "
-        "lerobot-train writes <output_dir>/checkpoints/<step>/pretrained_model)"
-    )
+@dataclass(frozen=True)
+class _Segment:
+    """The part of the pipeline a CUDA graph may replace: ``finish(run(inputs(task)))`` is the chunk
+    (T, action_dim) float32 on the device, computed from the static device buffers."""
 
-
-def load_policy(
-    path: str | Path, device: torch.device | str = "cpu"
-) -> tuple[PreTrainedPolicy, Callable[[dict], dict], Callable[[torch.Tensor], torch.Tensor]]:
-    """Load policy, preprocessor and postprocessor from a checkpoint folder as ``lerobot-rollout`` does.
-
-    The postprocessor is left on ``device`` (LeRobot's default moves actions to the CPU).
-    """
-    register_third_party_plugins()  # LeRobot plugin types (lerobot_policy_*) register on import
-    path = resolve_checkpoint_dir(path)
-    device = torch.device(device)
-    config = PreTrainedConfig.from_pretrained(path)
-    config.pretrained_path = path
-    config.device = device.type
-    policy = get_policy_class(config.type).from_pretrained(path, config=config)
-    policy.to(device).eval()
-    overrides = {"device_processor": {"device": str(device)}}
-    preprocessor, postprocessor = make_pre_post_processors(
-        config, pretrained_path=str(path), preprocessor_overrides=overrides, postprocessor_overrides=overrides
-    )
-    return policy, preprocessor, postprocessor
-
-
-@torch.no_grad()
-def lerobot_predict_chunk(
-    policy: PreTrainedPolicy,
-    preprocessor: Callable[[dict], dict],
-    postprocessor: Callable[[torch.Tensor], torch.Tensor],
-    observation: Mapping[str, np.ndarray],
-    device: torch.device | str,
-    task: str | None = None,
-) -> np.ndarray:
-    """Plain eager LeRobot inference of one chunk: the reference the runtime must match."""
-    batch = prepare_observation_for_inference({k: v.copy() for k, v in observation.items()}, torch.device(device), task)
-    actions = postprocessor(policy.predict_action_chunk(preprocessor(batch)))
-    return actions[0].float().cpu().numpy()
-
-
-def _capture(fn: Callable[[], torch.Tensor]) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
-    """Capture ``fn()`` (which reads only static tensors) in a CUDA graph; returns it and its static output."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):  # warm-up on a side stream, as torch.cuda.graphs docs prescribe
-        for _ in range(2):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        output = fn()
-    return graph, output
-
-
-class _CapturedPolicy:
-    """``predict_action_chunk`` captured in a CUDA graph with static input/output tensors."""
-
-    def __init__(self, predict: Callable[[dict], torch.Tensor], batch: dict[str, Any]) -> None:
-        self.static_inputs = {k: v.clone() for k, v in batch.items() if isinstance(v, torch.Tensor)}
-        # Non-tensor entries (task strings, ...) are baked into the graph: replay only when they match.
-        self.constants = {k: v for k, v in batch.items() if not isinstance(v, torch.Tensor)}
-        static_batch = {**self.constants, **self.static_inputs}
-        self.graph, self.static_output = _capture(lambda: predict(static_batch))
-
-    def matches(self, batch: Mapping[str, Any]) -> bool:
-        if batch.keys() != {**self.constants, **self.static_inputs}.keys():
-            return False
-        for key, value in batch.items():
-            if key in self.static_inputs:
-                static = self.static_inputs[key]
-                if value.shape != static.shape or value.dtype != static.dtype or value.device != static.device:
-                    return False
-            elif not _same_constant(value, self.constants[key]):
-                return False
-        return True
-
-    def __call__(self, batch: Mapping[str, Any]) -> torch.Tensor:
-        for key, static in self.static_inputs.items():
-            static.copy_(batch[key], non_blocking=True)
-        self.graph.replay()
-        return self.static_output
+    what: str  # for notes and warnings
+    inputs: Callable[[str | None], dict]
+    run: Callable[[dict], torch.Tensor]
+    finish: Callable[[torch.Tensor], torch.Tensor]
 
 
 class PolicyRuntime:
@@ -207,8 +122,12 @@ class PolicyRuntime:
         self.preprocessor = preprocessor
         self.postprocessor = postprocessor
         self._lock = threading.Lock()
-        self._graph: _CapturedPolicy | None = None  # policy forward only
-        self._pipeline_graph: tuple[torch.cuda.CUDAGraph, torch.Tensor] | None = None  # processors + policy
+        # What a CUDA graph may replace: the policy forward, or (_try_capture) the whole device pipeline.
+        self._segment = _Segment(
+            "policy", lambda task: self.preprocessor(self._prepare(task)), self._policy_call,
+            lambda actions: self.postprocessor(actions)[0].float(),
+        )
+        self._graph: CapturedGraph | None = None  # replaces self._segment.run when its inputs match
         self._graph_misses = 0
         self._copied: torch.cuda.Event | None = None  # last host->device copy, before the host buffers are reused
         self.notes: list[str] = []  # what was enabled / skipped, for logs and benchmark tables
@@ -229,14 +148,19 @@ class PolicyRuntime:
         pin = self.device.type == "cuda"
         if not pin:
             self._note("pinned host buffers skipped: device is not CUDA")
-        inputs = PolicySpec.from_config(policy.config, chunk_size=0).inputs
-        self._host = {s.name: torch.empty(s.shape, dtype=_torch_dtype(s), pin_memory=pin) for s in inputs}
+        self._inputs = PolicySpec.from_config(policy.config, chunk_size=0).inputs
+        self._host = {s.name: torch.empty(s.shape, dtype=_torch_dtype(s), pin_memory=pin) for s in self._inputs}
         # Static device inputs: every call copies into these, so a CUDA graph can read them.
         self._dev = {
             s.name: (torch.empty(s.shape, dtype=_torch_dtype(s), device=self.device) if pin else self._host[s.name])
-            for s in inputs
+            for s in self._inputs
         }
-        self._warmup()
+        observation = self._synthetic_observation(self._inputs)
+        start = time.perf_counter()
+        chunk_size, action_dim = self._chunk_shape(observation)
+        self.spec = PolicySpec.from_config(policy.config, chunk_size=chunk_size)
+        self._out = torch.empty((chunk_size, action_dim), dtype=torch.float32, pin_memory=pin)
+        self._warmup(observation, start)
         self.guard = guard or self._make_guard()
         self._note(self.guard.describe())
 
@@ -251,7 +175,7 @@ class PolicyRuntime:
     def predict_chunk(self, observation: Mapping[str, np.ndarray], task: str | None = None) -> np.ndarray:
         """One action chunk ``(T, action_dim)`` float32 for a raw observation (uint8 HWC images, float32 vectors).
 
-        Raises :class:`ObservationError` for a malformed observation and
+        Raises :class:`~vla_dino.runtime.spec.ObservationError` for a malformed observation and
         :class:`~vla_dino.runtime.guard.UnsafeActionError` when the chunk is non-finite or out of bounds."""
         self.spec.validate(observation)
         with self._lock:
@@ -285,14 +209,11 @@ class PolicyRuntime:
                     value = stages[name](value)
                     sync()
                     totals[name] += time.perf_counter() - start
-                if self._graph is not None or self._pipeline_graph is not None:
-                    batch = None if self._pipeline_graph is not None else self.preprocessor(self._prepare(None))
+                if self._graph is not None:
+                    inputs = self._segment.inputs(None)
                     sync()
                     start = time.perf_counter()
-                    if self._pipeline_graph is not None:
-                        _replay(self._pipeline_graph)
-                    else:
-                        self._graph(batch)
+                    self._graph(inputs)
                     sync()
                     totals["graph"] += time.perf_counter() - start
                 start = time.perf_counter()
@@ -300,7 +221,7 @@ class PolicyRuntime:
                 totals["end_to_end"] += time.perf_counter() - start
         result = {name: total * 1e3 / iters for name, total in totals.items()}
         result["eager"] = sum(result[name] for name in PROFILE_STAGES)
-        if self._graph is None and self._pipeline_graph is None:
+        if self._graph is None:
             del result["graph"]
         return result
 
@@ -348,7 +269,7 @@ class PolicyRuntime:
         """Static device buffers → LeRobot batch, the arithmetic of ``prepare_observation_for_inference``:
         images float32 / 255, HWC → CHW; everything batch 1."""
         batch: dict[str, Any] = {}
-        for spec in self.spec.inputs:
+        for spec in self._inputs:
             x = self._dev[spec.name]
             batch[spec.name] = (x.to(torch.float32) / 255).permute(2, 0, 1).unsqueeze(0) if spec.is_image else x.unsqueeze(0)
         batch["task"] = task or ""
@@ -369,18 +290,17 @@ class PolicyRuntime:
     @torch.inference_mode()
     def _run(self, observation: Mapping[str, np.ndarray], task: str | None) -> np.ndarray:
         self._upload(observation)
-        if self._pipeline_graph is not None and not task:  # the graph was captured with task ""
-            return self._download(_replay(self._pipeline_graph))
-        batch = self.preprocessor(self._prepare(task))
-        if self._graph is not None and self._graph.matches(batch):
-            actions = self._graph(batch)
+        segment = self._segment
+        inputs = segment.inputs(task)
+        if self._graph is not None and self._graph.matches(inputs):
+            output = self._graph(inputs)
         else:
-            if self._graph is not None or self._pipeline_graph is not None:
+            if self._graph is not None:
                 self._graph_misses += 1
                 if self._graph_misses == 1:
                     logger.warning("runtime: batch differs from the captured CUDA graph's (shape/task); running eagerly")
-            actions = self._policy_call(batch)
-        return self._download(self.postprocessor(actions)[0].float())
+            output = segment.run(inputs)
+        return self._download(segment.finish(output))
 
     def _synthetic_observation(self, inputs: tuple[ArraySpec, ...], seed: int = 0) -> dict[str, np.ndarray]:
         rng = np.random.default_rng(seed)
@@ -389,19 +309,16 @@ class PolicyRuntime:
             for s in inputs
         }
 
-    def _warmup(self) -> None:
-        config = self.policy.config
-        inputs = PolicySpec.from_config(config, chunk_size=0).inputs
-        self.spec = PolicySpec(config.type, inputs, 0, 0)  # completed below once the chunk shape is known
-        observation = self._synthetic_observation(inputs)
-        start = time.perf_counter()
-        with torch.inference_mode():
-            self._upload(observation)
-            chunk = self._policy_call(self.preprocessor(self._prepare(None)))
+    @torch.inference_mode()
+    def _chunk_shape(self, observation: dict[str, np.ndarray]) -> tuple[int, int]:
+        """The first (eager) call: it tells the chunk shape ``(T, action_dim)``."""
+        self._upload(observation)
+        chunk = self._policy_call(self.preprocessor(self._prepare(None)))
         if chunk.ndim != 3 or chunk.shape[0] != 1:
             raise ValueError(f"{type(self.policy).__name__}.predict_action_chunk returned shape {tuple(chunk.shape)}, expected (1, T, action_dim)")
-        self.spec = PolicySpec.from_config(config, chunk_size=chunk.shape[1])
-        self._out = torch.empty((chunk.shape[1], chunk.shape[2]), dtype=torch.float32, pin_memory=self.device.type == "cuda")
+        return chunk.shape[1], chunk.shape[2]
+
+    def _warmup(self, observation: dict[str, np.ndarray], start: float) -> None:
         for _ in range(max(self.config.warmup_iters - 1, 0)):
             self._run(observation, None)
         self._note(f"warm-up: {self.config.warmup_iters} calls in {time.perf_counter() - start:.2f} s")
@@ -416,35 +333,31 @@ class PolicyRuntime:
             self._note("CUDA graphs left to torch.compile (mode=reduce-overhead)")
             return
         # Check each replay on another observation than the captured one, so stale inputs would show.
-        check_observation = self._synthetic_observation(self.spec.inputs, seed=1)
-        if self.config.capture_processors:
-            pipeline = self._checked_capture(
-                "pre/post processors + policy",
-                lambda: _capture(lambda: self._device_pipeline(None)),
-                _replay,
-                capture_observation, check_observation,
-            )
-            if pipeline is not None:
-                self._pipeline_graph = pipeline
+        check_observation = self._synthetic_observation(self._inputs, seed=1)
+        segments = [self._segment]
+        if self.config.capture_processors:  # the whole device pipeline first; captured with task ""
+            segments.insert(0, _Segment(
+                "pre/post processors + policy", lambda task: {"task": task or ""},
+                lambda inputs: self._device_pipeline(inputs["task"]), lambda chunk: chunk,
+            ))
+        for segment in segments:
+            graph = self._checked_capture(segment, capture_observation, check_observation)
+            if graph is not None:
+                self._segment, self._graph = segment, graph
                 return
-        self._graph = self._checked_capture(
-            "policy",
-            lambda: _CapturedPolicy(self._policy_call, self.preprocessor(self._prepare(None))),
-            lambda captured: captured(self.preprocessor(self._prepare(None))),
-            capture_observation, check_observation,
-        )
 
     @torch.inference_mode()
-    def _checked_capture(self, what: str, capture: Callable[[], Any], replay: Callable[[Any], torch.Tensor],
-                         capture_observation: dict[str, np.ndarray], check_observation: dict[str, np.ndarray]) -> Any:
-        """Capture, then compare one replay with the eager pipeline on ``check_observation``; None if unusable."""
+    def _checked_capture(self, segment: _Segment, capture_observation: dict[str, np.ndarray],
+                         check_observation: dict[str, np.ndarray]) -> CapturedGraph | None:
+        """Capture ``segment.run``, then compare one replay with the eager segment on ``check_observation``;
+        None if unusable."""
+        what = segment.what
         try:
             self._upload(capture_observation)
-            captured = capture()
+            graph = CapturedGraph(segment.run, segment.inputs(None))
             self._upload(check_observation)
-            replayed = replay(captured).reshape(self._out.shape).float().clone()
-            eager = self._device_pipeline(None) if what.startswith("pre/post") else self._policy_call(self.preprocessor(self._prepare(None)))
-            eager = eager.reshape(self._out.shape).float()
+            replayed = graph(segment.inputs(None)).reshape(self._out.shape).float().clone()
+            eager = segment.run(segment.inputs(None)).reshape(self._out.shape).float()
         except Exception as error:  # capture is impossible for some code (host syncs, dynamic shapes)
             message = str(error).strip().splitlines()[0][:160] if str(error).strip() else ""
             logger.warning("runtime: CUDA graph capture of the %s failed: %s: %s", what, type(error).__name__, error)
@@ -457,13 +370,7 @@ class PolicyRuntime:
             self._note(f"CUDA graph of the {what} not used: replay differs from eager by {error:.3g}")
             return None
         self._note(f"CUDA graph of the {what} captured (replay vs eager max diff {error:.2g})")
-        return captured
-
-
-def _replay(captured: tuple[torch.cuda.CUDAGraph, torch.Tensor]) -> torch.Tensor:
-    graph, output = captured
-    graph.replay()
-    return output
+        return graph
 
 
 def _action_stats(postprocessor: object) -> dict | None:
@@ -476,24 +383,5 @@ def _action_stats(postprocessor: object) -> dict | None:
     return None
 
 
-def _same_constant(a: object, b: object) -> bool:
-    try:
-        return type(a) is type(b) and bool(a == b)
-    except Exception:  # e.g. arrays: ambiguous truth value — treat as different (eager path, still correct)
-        return False
-
-
 def _torch_dtype(spec: ArraySpec) -> torch.dtype:
     return torch.uint8 if spec.dtype == "uint8" else torch.float32
-
-
-__all__ = [
-    "ActionGuard",
-    "ObservationError",
-    "UnsafeActionError",
-    "PolicyRuntime",
-    "RuntimeConfig",
-    "load_policy",
-    "lerobot_predict_chunk",
-    "resolve_checkpoint_dir",
-]
