@@ -37,35 +37,39 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from vla_dino.configs.loader import parse_flags
+
 STAGES = ("collect", "pretrain", "probe", "policy", "rollout", "report")
 ENCODERS = ("pretrained", "random_init")
 
 
 @dataclass
 class DemoConfig:
-    out_dir: Path = Path("outputs/demo")
-    task: str = "button-press-topdown-v3"  # a Meta-World v3 task with a scripted expert
-    num_demos: int = 20
+    """Every field is a flag (`out_dir` → `--out-dir`), its comment the flag's help (vla_dino.configs.loader)."""
+
+    out_dir: Path = Path("outputs/demo")  # where every stage writes
+    task: str = "button-press-topdown-v3"  # Meta-World v3 task with a scripted expert
+    num_demos: int = 20  # scripted-expert demos the policies train on
     pretrain_episodes: int = 40  # expert episodes whose frames are the pretraining data
-    varied_fraction: float = 0.5  # of those, under a random lighting / colour change
-    benchmark_episodes: int = 24  # encoder-benchmark episodes, cycled over its 6 visual conditions
-    frame_size: int = 84  # stored camera frames (square)
-    pretrain_preset: str = "small_data_cpu"  # configs/pretrain/small_data_cpu.yaml: hidden 64, patch 7
-    # The preset's 3000 steps take ~9 min on 2 cores; the demo runs the same recipe over 1000 steps
-    # (schedules laid over them) to finish in ~10 min. None: the preset's.
+    varied_fraction: float = 0.5  # share of pretraining episodes under a random lighting/colour change
+    benchmark_episodes: int = 24  # encoder-benchmark episodes (cycled over its 6 visual conditions)
+    frame_size: int = 84  # stored camera frame side in px (square)
+    pretrain_preset: str = "small_data_cpu"  # configs/pretrain/<name>.yaml (small_data_cpu: hidden 64, patch 7)
+    # pretraining steps (schedules laid over them), to finish in ~10 min: the preset's own 3000
+    # take ~9 min on 2 cores. null: the preset's.
     pretrain_steps: int | None = 1000
     scene_max_steps: int = 150  # step limit of the pretraining and benchmark episodes
     benchmark_budgets: tuple[int, ...] = (25, 50)  # labelled frames of the state probes (≤ ~65 at 24 episodes)
     benchmark_dense_budgets: tuple[int, ...] = (10, 50)  # labelled frames (all their patches) of the dense probes
     resnet_steps: int = 150  # ResNet-18 baseline: Adam steps per fit (clean split, largest budget)
-    policy_steps: int = 400
-    policy_batch_size: int = 16
+    policy_steps: int = 400  # lerobot-train steps per policy
+    policy_batch_size: int = 16  # lerobot-train batch size
     image_size: int = 56  # encoder input side (multiple of 14)
-    eval_episodes: int = 20
-    eval_max_steps: int = 150  # the expert needs about 70 steps on button-press-topdown
-    device: str = "cpu"
-    restart: bool = False
-    seed: int = 0
+    eval_episodes: int = 20  # rollouts per policy
+    eval_max_steps: int = 150  # episode limit in rollouts (the expert needs about 70 on button-press-topdown)
+    device: str = "cpu"  # cpu | cuda
+    restart: bool = False  # delete --out-dir and start over
+    seed: int = 0  # seed of every stage (episodes, pretraining, policies)
 
     @property
     def env_id(self) -> str:
@@ -356,40 +360,9 @@ def run(config: DemoConfig) -> Path:
 
 
 def parse_args(argv: list[str] | None = None) -> DemoConfig:
-    defaults = DemoConfig()
     parser = argparse.ArgumentParser(prog="python -m vla_dino.demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out-dir", type=Path, default=defaults.out_dir, help="where every stage writes (default %(default)s)")
-    parser.add_argument("--task", default=defaults.task, help="Meta-World v3 task (default %(default)s)")
-    parser.add_argument("--num-demos", type=int, default=defaults.num_demos)
-    parser.add_argument("--pretrain-episodes", type=int, default=defaults.pretrain_episodes, help="expert episodes of pretraining frames")
-    parser.add_argument("--varied-fraction", type=float, default=defaults.varied_fraction,
-                        help="share of pretraining episodes under a random lighting/colour change")
-    parser.add_argument("--benchmark-episodes", type=int, default=defaults.benchmark_episodes,
-                        help="encoder-benchmark episodes (cycled over its 6 visual conditions)")
-    parser.add_argument("--frame-size", type=int, default=defaults.frame_size, help="stored frame side in px")
-    parser.add_argument("--pretrain-preset", default=defaults.pretrain_preset, help="configs/pretrain/<name>.yaml")
-    parser.add_argument("--pretrain-steps", type=int, default=defaults.pretrain_steps, help="default %(default)s, to finish in ~10 min (small_data_cpu's own: 3000)")
-    parser.add_argument("--benchmark-budgets", type=int, nargs="+", default=list(defaults.benchmark_budgets),
-                        help="labelled frames of the state probes")
-    parser.add_argument("--benchmark-dense-budgets", type=int, nargs="+", default=list(defaults.benchmark_dense_budgets),
-                        help="labelled frames of the dense probes")
-    parser.add_argument("--scene-max-steps", type=int, default=defaults.scene_max_steps,
-                        help="step limit of the pretraining and benchmark episodes")
-    parser.add_argument("--resnet-steps", type=int, default=defaults.resnet_steps, help="ResNet-18 baseline: Adam steps per fit")
-    parser.add_argument("--policy-steps", type=int, default=defaults.policy_steps)
-    parser.add_argument("--policy-batch-size", type=int, default=defaults.policy_batch_size)
-    parser.add_argument("--image-size", type=int, default=defaults.image_size, help="encoder input side (multiple of 14)")
-    parser.add_argument("--eval-episodes", type=int, default=defaults.eval_episodes)
-    parser.add_argument("--eval-max-steps", type=int, default=defaults.eval_max_steps, help="episode limit in rollouts")
-    parser.add_argument("--device", default=defaults.device, help="cpu | cuda")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--restart", action="store_true", help="delete --out-dir and start over")
-    args = parser.parse_args(argv)
-    values = vars(args)
-    values["benchmark_budgets"] = tuple(values["benchmark_budgets"])
-    values["benchmark_dense_budgets"] = tuple(values["benchmark_dense_budgets"])
-    return DemoConfig(**values)
+    return parse_flags(parser, DemoConfig, argv)
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -22,8 +22,8 @@ LeRobot's and the plugins' CLIs. What this module adds, and why draccus' own par
 So the command lines are argparse; the values they give are YAML scalars (`1e-4`, `true`,
 `null`, `[a, b]`) set on the tree by dotted path (`ssl.optim.base_lr`, draccus' own syntax), and
 draccus decodes the tree, so an unknown or ill-typed key is a ValueError naming its path.
-`add_dataclass_flags` / `from_flags` give a flat dataclass (the demo's) one dashed flag per
-field, with the field's comment as help, the same way.
+`parse_flags` gives a flat dataclass (the demo's) one dashed flag per field, with the field's
+comment as help and its default, decoded the same way.
 """
 
 from __future__ import annotations
@@ -133,13 +133,13 @@ def load(config_class: type[T], path: str | Path | None = None, overrides: dict[
 
 
 # ------------------------------------------------------------------ flat dataclass → flags
-def field_help(config_class: type, name: str) -> str:
+def _field_help(config_class: type, name: str) -> str:
     """A field's comment (above or inline), the text draccus shows in its own `--help`."""
     doc = get_attribute_docstring(config_class, name)
     return " ".join((doc.comment_above or doc.comment_inline or doc.docstring_below or "").split())
 
 
-def add_dataclass_flags(parser: argparse.ArgumentParser, config_class: type) -> None:
+def _add_flags(parser: argparse.ArgumentParser, config_class: type) -> None:
     """One `--field-name` flag per field of a flat dataclass: help from its comment, its default
     shown; a bool defaulting to False is a bare switch, a tuple takes several values."""
     defaults = config_class()
@@ -147,7 +147,7 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, config_class: type) -> 
     for item in dataclasses.fields(config_class):
         default = getattr(defaults, item.name)
         flag = "--" + item.name.replace("_", "-")
-        help_text = field_help(config_class, item.name)
+        help_text = _field_help(config_class, item.name)
         if hints[item.name] is bool and default is False:
             parser.add_argument(flag, dest=item.name, action="store_true", help=help_text)
             continue
@@ -158,8 +158,14 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, config_class: type) -> 
                             metavar=item.name.upper(), help=f"{help_text} (default: {shown})".lstrip())
 
 
-def from_flags(config_class: type[T], args: argparse.Namespace) -> T:
-    """The dataclass with the flags that were given (add_dataclass_flags) set on its defaults."""
+def parse_flags(parser: argparse.ArgumentParser, config_class: type[T], argv: list[str] | None = None) -> T:
+    """`config_class` from the command line: one `--field-name` flag per field (a flat
+    dataclass), decoded by draccus onto its defaults; a bad value is an argparse error (exit 2)."""
+    _add_flags(parser, config_class)
+    args = parser.parse_args(argv)
     names = {item.name for item in dataclasses.fields(config_class)}
     given = {key: value for key, value in vars(args).items() if key in names}
-    return load(config_class, None, given, what=f"{config_class.__name__}")
+    try:
+        return load(config_class, None, given)
+    except ValueError as error:  # draccus' message names the field
+        parser.error(str(error.__cause__ or error))
