@@ -18,16 +18,7 @@ import torch
 from torch import nn
 
 from vla_dino.adapter.config import TowerConfig
-from vla_dino.adapter.towers import (
-    DinoTower,
-    Dinov3Tower,
-    Siglip2Tower,
-    SiglipTower,
-    Tower,
-    load_dino_tower,
-    load_siglip_tower,
-    tower_from_architecture,
-)
+from vla_dino.adapter.towers import Tower, load_dino_tower, load_siglip_tower, tower_from_architecture
 from vla_dino.encoder import ImagePreprocessor
 
 # Files of `save_architecture` / `from_config(architecture=…)`: each tower's transformers config.
@@ -174,4 +165,4 @@ class FusedBackbone(nn.Module):
         return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
-__all__ = ["FusedBackbone", "Tower", "DinoTower", "Dinov3Tower", "SiglipTower", "Siglip2Tower"]
+__all__ = ["FusedBackbone", "ARCHITECTURE_FILES"]
