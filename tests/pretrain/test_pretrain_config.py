@@ -84,3 +84,36 @@ def test_config_file_errors(tmp_path: Path):
     bad.write_text("- just\n- a list\n")
     with pytest.raises(ValueError, match="mapping"):
         load_config(bad)
+
+
+def test_presets_inherit_the_ssl_recipe_and_list_only_differences():
+    import yaml
+
+    from vla_dino.configs import ssl_recipe_path
+    from vla_dino.configs.loader import read_tree
+
+    for name in PRESETS:
+        ssl = yaml.safe_load(preset_path(name).read_text())["ssl"]
+        assert ssl["base"] in ("../ssl/dinov2_default.yaml", "../ssl/dinov2_continued.yaml"), name
+        recipe = read_tree(preset_path(name).parent / ssl["base"])
+        changed = {f"{section}.{key}" for section, values in ssl.items() if section != "base" for key in values
+                   if values[key] != recipe.get(section, {}).get(key)}
+        listed = {f"{section}.{key}" for section, values in ssl.items() if section != "base" for key in values}
+        assert listed == changed, (name, listed - changed)  # nothing the recipe already says
+    continued = load_config(preset_path("continue_dinov2_base")).ssl
+    assert continued.optim.warmup_fraction == read_tree(ssl_recipe_path("dinov2_continued"))["optim"]["warmup_fraction"]
+
+
+def test_base_merges_deeply_and_refuses_cycles(tmp_path: Path):
+    (tmp_path / "recipe.yaml").write_text("optim: {base_lr: 0.001, layer_decay: 0.5}\nloss: {koleo_weight: 0.0}\n")
+    (tmp_path / "run.yaml").write_text("train: {steps: 9}\nssl:\n  base: recipe.yaml\n  optim: {layer_decay: 0.8}\n")
+    config = load_config(tmp_path / "run.yaml")
+    assert (config.ssl.optim.base_lr, config.ssl.optim.layer_decay, config.ssl.loss.koleo_weight) == (0.001, 0.8, 0.0)
+    assert config.train.steps == 9
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ValueError, match="inherits from itself"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("ssl: {base: nowhere.yaml}\n")
+    with pytest.raises(FileNotFoundError, match="nowhere.yaml"):
+        load_config(tmp_path / "c.yaml")

@@ -36,7 +36,9 @@ SHORTCUTS = {
 
 EPILOG = f"""\
 Config: the recipe lives in YAML presets (configs/pretrain/*.yaml): {', '.join(sorted(p.stem for p in PRESET_DIR.glob('*.yaml')))}.
-Default preset: {DEFAULT_PRESET}.
+Default preset: {DEFAULT_PRESET}. A preset's ssl: section inherits an SSL recipe (configs/ssl/*.yaml)
+through `base:` and lists only what differs; a file of your own may do the same (`base:` is a path
+relative to the file that names it).
 Any config field can be overridden with its dotted path, either form:
   --ssl.optim.base_lr 1e-4   --train.precision=bf16   --set log.every_steps=5
 Values are read as YAML (1e-4, true, null, [a, b]). Sections: output_dir, model.*, data.*,
