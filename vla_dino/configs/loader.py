@@ -49,10 +49,14 @@ def read_tree(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
+    return _resolve_bases(_read_mapping(path), path, chain=(path.resolve(),))
+
+
+def _read_mapping(path: Path) -> dict[str, Any]:
     loaded = yaml.safe_load(path.read_text())
     if loaded is not None and not isinstance(loaded, dict):
         raise ValueError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
-    return _resolve_bases(loaded or {}, path, chain=(path.resolve(),))
+    return loaded or {}
 
 
 def _resolve_bases(tree: dict[str, Any], path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
@@ -65,10 +69,7 @@ def _resolve_bases(tree: dict[str, Any], path: Path, chain: tuple[Path, ...]) ->
         raise ValueError(f"{path}: `base: {tree[BASE_KEY]}` inherits from itself ({' → '.join(map(str, chain))})")
     if not base.is_file():
         raise FileNotFoundError(f"{path}: `base: {tree[BASE_KEY]}` names no file ({base})")
-    loaded = yaml.safe_load(base.read_text()) or {}
-    if not isinstance(loaded, dict):
-        raise ValueError(f"{base}: expected a mapping at the top level, got {type(loaded).__name__}")
-    return merge_trees(_resolve_bases(loaded, base, chain + (base,)), resolved)
+    return merge_trees(_resolve_bases(_read_mapping(base), base, chain + (base,)), resolved)
 
 
 def merge_trees(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
