@@ -45,3 +45,21 @@ def test_demo_runs_every_stage_and_reuses_them(tmp_path, capsys):
     printed = capsys.readouterr().out
     for stage in ("collect", "pretrain", "probe", "policy", "rollout"):
         assert f"[{stage}] reusing" in printed
+
+
+def test_every_demo_config_field_is_a_documented_flag(capsys):
+    from dataclasses import fields
+    from pathlib import Path
+
+    config = demo.parse_args(["--out-dir", "x", "--restart", "--benchmark-budgets", "3", "6", "--pretrain-steps", "null"])
+    assert config.out_dir == Path("x") and config.restart and config.benchmark_budgets == (3, 6)
+    assert config.pretrain_steps is None and demo.parse_args([]) == demo.DemoConfig()
+    with pytest.raises(SystemExit):
+        demo.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for item in fields(demo.DemoConfig):
+        assert "--" + item.name.replace("_", "-") in text, item.name
+    assert "(default: 1000)" in text and "(default: 25 50)" in text and "delete --out-dir and start over" in text
+    with pytest.raises(SystemExit):
+        demo.parse_args(["--num-demos", "many"])
+    assert "num_demos" in capsys.readouterr().err
