@@ -1,6 +1,6 @@
 """One full DINOv2 training step (teacher + student forward, DINO + iBOT + KoLeo, backward,
-clip, AdamW, EMA) — ours (`vla_dino.ssl.SSLModel`) beside the peer a user would otherwise
-pick: lightly's DINOLoss / IBOTPatchLoss / KoLeoLoss / DINOv2ProjectionHead /
+clip, AdamW, EMA) — ours (`vla_dino.ssl.SSLTrainer.step`, the pretraining loop's step) beside
+the peer a user would otherwise pick: lightly's DINOLoss / IBOTPatchLoss / KoLeoLoss / DINOv2ProjectionHead /
 update_momentum around the same transformers ViT, written like lightly's DINOv2 example.
 
 Same encoder weights, same crops and masks, same batch, one process. The lightly step lives in
