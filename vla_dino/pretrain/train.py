@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from vla_dino.data import FrameDataset, NoFramesError, ScanResult, collate_frames, discover_sources, scan_sources
+from vla_dino.device import resolve_dtype
 from vla_dino.encoder import DinoEncoder
 from vla_dino.pretrain import distributed as D
 from vla_dino.pretrain.checkpoint import (
@@ -718,9 +719,8 @@ def _ssl_config_for_run(config: PretrainConfig, info: D.DistInfo):
 
 
 def _resolve_precision(precision: str, device: torch.device) -> str:
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    if precision == "fp16" and device.type != "cuda":
+    precision = resolve_dtype(precision, device, flag="train.precision")
+    if precision == "fp16" and device.type != "cuda":  # a training rule: fp16's grad scaler is for CUDA
         raise ConfigError("train.precision=fp16 needs a CUDA device (use bf16 or fp32 on CPU)")
     return precision
 

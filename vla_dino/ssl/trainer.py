@@ -8,17 +8,16 @@ time and test is the step the loop runs.
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import nn
 
+from vla_dino.device import autocast, resolve_dtype
 from vla_dino.ssl.augment import MultiCropBatch
 from vla_dino.ssl.model import SSLModel
-
-PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 @dataclass
@@ -48,19 +47,15 @@ class SSLTrainer:
         forward: nn.Module | None = None,
         any_rank: Callable[[bool], bool] | None = None,
     ) -> None:
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision {precision!r}; expected one of {PRECISIONS}")
         device = next(model.parameters()).device
+        precision = resolve_dtype(precision, device, flag="precision")
         self.model = model
         self.forward = forward if forward is not None else model
         self.any_rank = any_rank or (lambda flag: flag)
         # lr and weight decay are placeholders: apply_schedules sets both on every group each step
         self.optimizer = torch.optim.AdamW(model.param_groups(), lr=0.0, weight_decay=0.0, betas=tuple(model.config.optim.betas))
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-        self.autocast: AbstractContextManager = (
-            nullcontext() if precision == "fp32"
-            else torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-        )
+        self.autocast: AbstractContextManager = autocast(precision, device)
 
     def step(self, crops: MultiCropBatch, step: int) -> StepResult:
         model, optimizer, scaler = self.model, self.optimizer, self.scaler
