@@ -29,7 +29,7 @@ $(STAMP): $(DEPS)
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m vla_dino.demo $(ARGS)
+	$(PY) -m lerobot_env_vla_dino.demo $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc

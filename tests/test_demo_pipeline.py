@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from vla_dino import demo
+from lerobot_env_vla_dino import demo
 
 
 @pytest.mark.slow

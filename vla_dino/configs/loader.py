@@ -5,7 +5,7 @@
 
 Every config in the package is a tree of dataclasses decoded by draccus (`draccus.decode`), as in
 LeRobot's and the plugins' CLIs. What this module adds, and why draccus' own parser
-(`draccus.parse`) is not used for `python -m vla_dino.pretrain` and `python -m vla_dino.demo`:
+(`draccus.parse`) is not used for `python -m vla_dino.pretrain` and `python -m lerobot_env_vla_dino.demo`:
 
 - Inheritance. A mapping with a `base: <file>` key (a path relative to the file that holds it)
   starts from that file's tree and changes only the keys it lists, at any depth; the base may

@@ -1,8 +1,8 @@
 """The main job end to end, on embedded defaults: simulator frames → pretrained encoder → policy.
 
-    python -m vla_dino.demo                    # CPU, about 10 minutes on 2 cores, writes outputs/demo/report.md
-    python -m vla_dino.demo --restart          # start over instead of reusing earlier stages
-    python -m vla_dino.demo --help
+    python -m lerobot_env_vla_dino.demo                    # CPU, about 10 minutes on 2 cores, writes outputs/demo/report.md
+    python -m lerobot_env_vla_dino.demo --restart          # start over instead of reusing earlier stages
+    python -m lerobot_env_vla_dino.demo --help
 
 Stages (each writes its folder under --out-dir and is skipped on a second run when its
 `stage.json` exists; each prints the stand-alone command that does the same with your data):
@@ -360,7 +360,7 @@ def run(config: DemoConfig) -> Path:
 
 
 def parse_args(argv: list[str] | None = None) -> DemoConfig:
-    parser = argparse.ArgumentParser(prog="python -m vla_dino.demo", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m lerobot_env_vla_dino.demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     return parse_flags(parser, DemoConfig, argv)
 
