@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import http.client
 import ipaddress
 import json
 import logging

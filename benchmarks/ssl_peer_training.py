@@ -14,7 +14,7 @@ masks in the SAME batch order for the SAME steps, three ways:
 
 The recipe is a pretraining preset (default `demo_sim`) plus `--set key=value` overrides, read with
 `vla_dino.pretrain.config.load_config` as `python -m vla_dino.pretrain` does; frames come from
-`--frames` through `discover_sources` + `FrameDataset` (loaded once into memory) and crops from
+`--frames` through `vla_dino.data.load_frame_tensor` (loaded once into memory) and crops from
 `MultiCropAugmentation.from_config`, re-seeded per step so all three see identical crops.
 
 Logged every step: total loss, DINO CE, iBOT CE, KoLeo (unweighted, summed over the two global
@@ -50,9 +50,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from vla_dino.data import FrameDataset, discover_sources
+from vla_dino.configs.loader import parse_value
+from vla_dino.data import load_frame_tensor
 from vla_dino.encoder import DinoEncoder
-from vla_dino.pretrain.config import PretrainConfig, load_config, parse_override_value, preset_path
+from vla_dino.pretrain.config import PretrainConfig, load_config, preset_path
 from vla_dino.ssl import MultiCropAugmentation, MultiCropBatch, SSLModel, SSLTrainer
 from vla_dino.ssl.heads import DinoHead
 
@@ -103,7 +104,7 @@ def load_recipe(args: argparse.Namespace) -> PretrainConfig:
     overrides: dict[str, Any] = {}
     for item in args.overrides:
         key, value = item.split("=", 1)
-        overrides[key] = parse_override_value(value)
+        overrides[key] = parse_value(value)
     if args.steps is not None:
         overrides["train.steps"] = args.steps
     if args.batch is not None:
@@ -115,16 +116,6 @@ def load_recipe(args: argparse.Namespace) -> PretrainConfig:
     if config.ssl.optim.batch_size is None:  # pin the lr-scaling batch as the training loop does
         config.ssl = dataclasses.replace(config.ssl, optim=dataclasses.replace(config.ssl.optim, batch_size=config.data.batch_size))
     return config
-
-
-def load_frames(folder: str, frame_size: int) -> torch.Tensor:
-    """Every frame of the folder as one uint8 (N, 3, S, S) tensor (read once, shared by all runs)."""
-    dataset = FrameDataset(discover_sources(folder), frame_size=frame_size)
-    frames = [dataset[i] for i in range(len(dataset))]
-    kept = [f["frame"] for f in frames if f is not None]
-    if len(kept) < len(frames):
-        print(f"note: {len(frames) - len(kept)} unreadable frame(s) left out", flush=True)
-    return torch.stack(kept)
 
 
 def batch_order(num_frames: int, batch: int, steps: int, seed: int) -> list[torch.Tensor]:
@@ -356,7 +347,7 @@ def main(argv: list[str] | None = None) -> None:
     machine = machine_name("cpu")
     started = time.strftime("%Y-%m-%d %H:%M")
 
-    frames = load_frames(args.frames, config.data.frame_size)
+    frames = load_frame_tensor(args.frames, config.data.frame_size)  # all of them, read once, shared by all runs
     order = batch_order(len(frames), batch, steps, seed)
     torch.manual_seed(seed)
     base = DinoEncoder.from_source(config.model.init, **dict(config.model.encoder_overrides))

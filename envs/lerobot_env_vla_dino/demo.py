@@ -185,7 +185,7 @@ def probe(config: DemoConfig, folder: Path, scenes: str, pretrained: str) -> dic
         seed=config.seed,
     )
     run_encoder_benchmark(benchmark)
-    print(f"  stand-alone: python -m lerobot_env_vla_dino.encoder_benchmark --encoders='[dino:<export>]' --out_dir=<dir>")
+    print("  stand-alone: python -m lerobot_env_vla_dino.encoder_benchmark --encoders='[dino:<export>]' --out_dir=<dir>")
     return {"report": str(folder / "report.md"), "results": str(folder / "results.json"), "plot": str(folder / "probes.png")}
 
 

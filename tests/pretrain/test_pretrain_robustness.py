@@ -19,7 +19,7 @@ from vla_dino.data import FrameDataset
 from vla_dino.data.examples import write_image_folder
 from vla_dino.pretrain.checkpoint import load_checkpoint
 from vla_dino.pretrain.config import load_config, preset_path
-from vla_dino.pretrain.errors import ConfigError, DataError, ResumeError
+from vla_dino.pretrain.errors import DataError, ResumeError
 from vla_dino.pretrain.logger import read_metrics
 from vla_dino.pretrain.skips import read_skips
 from vla_dino.pretrain.train import train

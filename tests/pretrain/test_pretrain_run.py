@@ -1,7 +1,6 @@
 """End-to-end runs of `vla_dino.pretrain` with a tiny ViT on generated PNG frames (CPU):
 outputs, exact resume, the NaN guard, SIGTERM checkpoints, a 2-process gloo run, export."""
 
-import json
 import os
 import signal
 import subprocess

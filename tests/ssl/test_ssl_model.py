@@ -1,6 +1,5 @@
 """SSLModel: teacher setup, EMA update, head warm-up, Gram anchoring."""
 
-import pytest
 import torch
 
 from vla_dino.encoder import DinoEncoder

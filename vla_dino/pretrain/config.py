@@ -22,7 +22,6 @@ import yaml
 
 from vla_dino.configs import PRETRAIN_DIR
 from vla_dino.configs.loader import get_dotted, load
-from vla_dino.configs.loader import parse_value as parse_override_value  # noqa: F401  (benchmarks' --set)
 from vla_dino.ssl.config import SSLConfig
 
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
