@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from lerobot.configs import NormalizationMode, PreTrainedConfig
 from lerobot.policies.act.configuration_act import ACTConfig
 
-from lerobot_policy_vla_dino.feature_map import TowerBackboneConfig
+from lerobot_policy_vla_dino.feature_map import TowerBackboneConfig, check_unused_resnet_fields
 
 
 @PreTrainedConfig.register_subclass("act_vla_dino")
@@ -38,12 +38,7 @@ class ACTVlaDinoConfig(ACTConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name, expected in UNUSED_RESNET_FIELDS.items():
-            if getattr(self, name) != expected:
-                raise ValueError(
-                    f"policy.{name}={getattr(self, name)!r} has no effect in act_vla_dino: the ResNet is replaced by "
-                    f"the towers in policy.backbone (set --policy.backbone.dino / .siglip); leave it at {expected!r}"
-                )
+        check_unused_resnet_fields(self, UNUSED_RESNET_FIELDS, "act_vla_dino")
 
 
 # ACT builds a torchvision ResNet from these before we swap it out (never with downloaded weights).

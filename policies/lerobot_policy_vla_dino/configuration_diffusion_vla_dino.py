@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from lerobot.configs import NormalizationMode, PreTrainedConfig
 from lerobot.policies.diffusion.configuration_diffusion import DiffusionConfig
 
-from lerobot_policy_vla_dino.feature_map import TowerBackboneConfig
+from lerobot_policy_vla_dino.feature_map import TowerBackboneConfig, check_unused_resnet_fields
 
 
 @PreTrainedConfig.register_subclass("diffusion_vla_dino")
@@ -39,12 +39,7 @@ class DiffusionVlaDinoConfig(DiffusionConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name, expected in UNUSED_RESNET_FIELDS.items():
-            if getattr(self, name) != expected:
-                raise ValueError(
-                    f"policy.{name}={getattr(self, name)!r} has no effect in diffusion_vla_dino: the ResNet is replaced "
-                    f"by the towers in policy.backbone (set --policy.backbone.dino / .siglip); leave it at {expected!r}"
-                )
+        check_unused_resnet_fields(self, UNUSED_RESNET_FIELDS, "diffusion_vla_dino")
 
 
 # Diffusion builds a torchvision ResNet from these before we swap it out (never with downloaded weights).

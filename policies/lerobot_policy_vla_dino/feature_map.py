@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -86,3 +86,14 @@ def split_backbone_params(policy: nn.Module, is_backbone: Callable[[str], bool],
         {"params": [p for name, p in named if is_backbone(name)], "lr": backbone_lr},
     ]
     return [group for group in groups if group["params"]]
+
+
+def check_unused_resnet_fields(config: Any, expected: dict[str, Any], policy_type: str) -> None:
+    """ACT's and Diffusion's ResNet fields are inherited but have no effect once the towers replace the ResNet: any
+    value but the one they are built with (never downloaded weights) is an error, so recipes that set them fail loudly."""
+    for name, value in expected.items():
+        if getattr(config, name) != value:
+            raise ValueError(
+                f"policy.{name}={getattr(config, name)!r} has no effect in {policy_type}: the ResNet is replaced by "
+                f"the towers in policy.backbone (set --policy.backbone.dino / .siglip); leave it at {value!r}"
+            )

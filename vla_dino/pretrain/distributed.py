@@ -77,6 +77,16 @@ def broadcast_flag(flag: bool, info: DistInfo) -> bool:
     return bool(tensor.item())
 
 
+def any_rank(flag: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """A bool device tensor, True on every rank if it is True on any: an all-reduce with no host read
+    (the training step's non-finite flag)."""
+    if not info.distributed:
+        return flag
+    flag = flag.to(torch.uint8)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return flag.bool()
+
+
 def sum_ints(values: tuple[int, ...], info: DistInfo) -> tuple[int, ...]:
     """Element-wise sum over ranks (skip counters); collective when distributed."""
     if not info.distributed:

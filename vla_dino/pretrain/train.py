@@ -180,8 +180,9 @@ def _train(config: PretrainConfig, resume: str | None, info: D.DistInfo) -> RunR
             frames = batch["frame"].to(info.device, non_blocking=True)
             neighbors = batch["neighbor"].to(info.device, non_blocking=True) if config.data.neighbor_offset > 0 else None
             result = run.trainer.step(run.augment(frames, neighbors), position.step)
-            run.guard.record(result.finite, position.step)
-            if not result.finite and info.is_main:
+            finite = bool(result.finite)  # the loop's one host read per step: the NaN guard decides before the next step
+            run.guard.record(finite, position.step)
+            if not finite and info.is_main:
                 log.warning("step %d: non-finite loss/gradients (loss=%s, grad_norm=%s); step skipped",
                             position.step, float(result.loss), float(result.grad_norm))
             position.step += 1
@@ -245,7 +246,7 @@ def _set_up(config: PretrainConfig, resume: str | None, info: D.DistInfo) -> tup
         _check_checkpoint_fits(state, model, config, state_path)
     forward_model = D.wrap_model(model, config.distributed.strategy, info, config.distributed.find_unused_parameters)
     precision = _resolve_precision(config.train.precision, device)
-    trainer = SSLTrainer(model, precision, forward=forward_model, any_rank=lambda flag: D.broadcast_flag(flag, info))
+    trainer = SSLTrainer(model, precision, forward=forward_model, any_rank=lambda flag: D.any_rank(flag, info))
     run = _Run(
         config=config, info=info, out=out, resumed=state is not None, scan=scan, dataset=dataset, sampler=sampler,
         fingerprint=fingerprint, probe_frames=probe_frames, model=model, trainer=trainer, augment=augment,
@@ -330,7 +331,7 @@ def _log_step(run: _Run, position: TrainPosition, result: StepResult, num_frames
     if log_due:
         elapsed = time.perf_counter() - t0
         row = {"loss": float(result.loss), **metrics, **{k: float(v) for k, v in result.schedule.items()}}
-        row.update(grad_norm=float(result.grad_norm), skipped_step=int(not result.finite), epoch=position.epoch,
+        row.update(grad_norm=float(result.grad_norm), skipped_step=int(not bool(result.finite)), epoch=position.epoch,
                    step_time_s=elapsed, frames_per_s=num_frames * info.world_size / elapsed,
                    # unreadable samples since the previous row, and over the whole run
                    skipped_samples=skip_counts[0], skipped_samples_total=skips.samples_before + skip_counts[1],

@@ -191,14 +191,18 @@ class SSLModel(nn.Module):
 
     # ------------------------------------------------------------------ teacher
     @torch.no_grad()
-    def update_teacher(self, step: int) -> None:
+    def update_teacher(self, step: int, skip: torch.Tensor | None = None) -> None:
         """teacher ← m·teacher + (1 − m)·student over backbone and heads, m = momentum(step);
         with `loss.gram_refresh_steps` = N > 0 the Gram reference becomes the teacher backbone
-        every N steps."""
+        every N steps. `skip`: a bool device tensor; when True the weight is 0 and the teacher stays
+        exactly as it is (decided on the device, no host read)."""
         momentum = self.schedules.momentum(step)
         teacher = list(self.teacher.parameters())
         student = [p.detach() for p in self.student.parameters()]
-        torch._foreach_lerp_(teacher, student, 1.0 - momentum)
+        weight = 1.0 - momentum
+        if skip is not None:
+            weight = (~skip).to(teacher[0].dtype) * weight
+        torch._foreach_lerp_(teacher, student, weight)
         refresh = self.config.loss.gram_refresh_steps
         if self.gram_reference is not None and refresh > 0 and step > 0 and step % refresh == 0:
             self.gram_reference.load_state_dict(self.teacher.backbone.state_dict())

@@ -1,9 +1,16 @@
 """`SSLTrainer`: one DINOv2 optimisation step, the only place it is written.
 
-    schedules → forward (autocast) → non-finite guard → backward (grad scaler) → clip → AdamW → EMA teacher
+    schedules → forward (autocast) → backward → clip → non-finite guard → fused AdamW → EMA teacher
 
 The pretraining loop, the benchmarks and the tests all call `SSLTrainer.step`, so what they
 time and test is the step the loop runs.
+
+The step never waits for the device (fp32 / bf16): a non-finite loss or gradient norm becomes a
+device flag (all-reduced across ranks without a host read) that the fused AdamW kernel reads as
+`found_inf` (the mechanism torch's GradScaler uses) and that zeroes the EMA weight, so a bad
+step leaves weights, optimiser state and teacher exactly as they were. Reading the flag is left
+to the caller (the loop's NaN guard reads it once per step). fp16 keeps torch's GradScaler,
+whose scale update reads its own flag on the host.
 """
 
 from __future__ import annotations
@@ -27,17 +34,17 @@ class StepResult:
 
     loss: torch.Tensor  # scalar, detached weighted total
     metrics: dict[str, torch.Tensor]  # detached scalars of SSLOutput
-    grad_norm: torch.Tensor  # total norm before clipping; nan when the loss was non-finite (no backward)
-    finite: bool  # False: the step was skipped (no update, no EMA)
+    grad_norm: torch.Tensor  # total norm before clipping (nan when the loss was non-finite)
+    finite: torch.Tensor  # bool scalar; False: the step was skipped (no update, no EMA)
     schedule: dict[str, float]  # lr, last_layer_lr, weight_decay, momentum, teacher_temp of this step
 
 
 class SSLTrainer:
-    """Owns the AdamW optimiser over `model.param_groups()` and the grad scaler (fp16 only).
+    """Owns the fused AdamW optimiser over `model.param_groups()` and the grad scaler (fp16 only).
 
     `forward`: the module to call forward on (a DDP / FSDP wrapper of `model`; default `model`).
-    `any_rank`: True on every rank when true on any, so all ranks skip a non-finite step
-    together (default: this process alone).
+    `any_rank`: a bool tensor that is True on every rank when True on any (an all-reduce, no host
+    read), so all ranks skip a non-finite step together (default: this process alone).
     """
 
     def __init__(
@@ -45,36 +52,51 @@ class SSLTrainer:
         model: SSLModel,
         precision: str = "fp32",
         forward: nn.Module | None = None,
-        any_rank: Callable[[bool], bool] | None = None,
+        any_rank: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         device = next(model.parameters()).device
         precision = resolve_dtype(precision, device, flag="precision")
         self.model = model
         self.forward = forward if forward is not None else model
         self.any_rank = any_rank or (lambda flag: flag)
-        # lr and weight decay are placeholders: apply_schedules sets both on every group each step
-        self.optimizer = torch.optim.AdamW(model.param_groups(), lr=0.0, weight_decay=0.0, betas=tuple(model.config.optim.betas))
+        # lr and weight decay are placeholders: apply_schedules sets both on every group each step. Fused: one
+        # kernel for all parameters, and it skips a step on the device flag `found_inf` without a host read.
+        self.optimizer = torch.optim.AdamW(model.param_groups(), lr=0.0, weight_decay=0.0,
+                                           betas=tuple(model.config.optim.betas), fused=True)
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         self.autocast: AbstractContextManager = autocast(precision, device)
 
     def step(self, crops: MultiCropBatch, step: int) -> StepResult:
-        model, optimizer, scaler = self.model, self.optimizer, self.scaler
+        model, optimizer = self.model, self.optimizer
         schedule = model.apply_schedules(optimizer, step)
         with self.autocast:
             output = self.forward(crops, step)
-        loss = output.loss
-        finite = not self.any_rank(not bool(torch.isfinite(loss.detach())))
-        grad_norm = torch.tensor(float("nan"))
-        if finite:
+        loss = output.loss.detach()
+        if self.scaler.is_enabled():
+            return self._fp16_step(output.loss, output.metrics, step, schedule)
+        optimizer.zero_grad(set_to_none=True)
+        output.loss.backward()
+        grad_norm = model.clip_gradients()
+        bad = self.any_rank(~(torch.isfinite(loss) & torch.isfinite(grad_norm)))
+        optimizer.found_inf = bad.float()  # read by the fused kernel: no update, step count unchanged
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        model.update_teacher(step, skip=bad)
+        return StepResult(loss, output.metrics, grad_norm, ~bad, schedule)
+
+    def _fp16_step(self, loss: torch.Tensor, metrics: dict[str, torch.Tensor], step: int, schedule: dict[str, float]) -> StepResult:
+        """fp16 with torch's GradScaler: a non-finite loss skips the step here; inf gradients are the scaler's
+        business (it skips the update and lowers the scale)."""
+        model, optimizer, scaler = self.model, self.optimizer, self.scaler
+        finite = ~self.any_rank(~torch.isfinite(loss.detach()))
+        grad_norm = torch.full((), float("nan"), device=loss.device)
+        if bool(finite):
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
             grad_norm = model.clip_gradients()
-            # fp16: inf gradients are the scaler's business (it skips and lowers the scale)
-            finite = scaler.is_enabled() or bool(torch.isfinite(grad_norm))
-            if finite:
-                scaler.step(optimizer)
-                scaler.update()
-                model.update_teacher(step)
+            scaler.step(optimizer)
+            scaler.update()
+            model.update_teacher(step)
             optimizer.zero_grad(set_to_none=True)
-        return StepResult(loss.detach(), output.metrics, grad_norm, finite, schedule)
+        return StepResult(loss.detach(), metrics, grad_norm, finite, schedule)

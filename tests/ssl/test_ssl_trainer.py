@@ -1,0 +1,97 @@
+"""SSLTrainer.step: no host read inside the step, a non-finite step changes nothing, and a good step is AdamW's."""
+
+import contextlib
+import copy
+
+import pytest
+import torch
+
+from vla_dino.encoder import DinoEncoder
+from vla_dino.ssl import MultiCropAugmentation, SSLConfig, SSLModel, SSLTrainer
+
+
+def tiny(seed: int = 0) -> tuple[SSLModel, object]:
+    torch.manual_seed(seed)
+    config = SSLConfig()
+    config.crops.global_size, config.crops.local_size, config.crops.num_local = 28, 14, 2
+    config.heads.num_prototypes, config.heads.hidden_dim, config.heads.bottleneck_dim = 64, 32, 16
+    config.optim.batch_size = 4
+    encoder = DinoEncoder.from_size("tiny")
+    model = SSLModel(config, encoder, total_steps=10).train()
+    crops = MultiCropAugmentation.from_config(config, encoder.patch_size)(torch.randint(0, 256, (4, 3, 40, 40), dtype=torch.uint8))
+    return model, crops
+
+
+@contextlib.contextmanager
+def host_reads_forbidden():
+    """Every way Python code reads a tensor's value on the host raises (on CUDA each one waits for the device)."""
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("host read of a tensor inside the step")
+
+    names = ["__bool__", "__float__", "__int__", "__index__", "item", "tolist", "numpy"]
+    saved = {name: getattr(torch.Tensor, name) for name in names}
+    for name in names:
+        setattr(torch.Tensor, name, refuse)
+    try:
+        yield
+    finally:
+        for name, method in saved.items():
+            setattr(torch.Tensor, name, method)
+
+
+def test_the_step_reads_nothing_back_from_the_device():
+    model, crops = tiny()
+    trainer = SSLTrainer(model)
+    trainer.step(crops, 0)  # first step: lazy state (optimiser moments, schedules) built outside the check
+    with host_reads_forbidden():
+        result = trainer.step(crops, 1)
+    assert bool(result.finite) and torch.isfinite(result.loss)
+
+
+def test_a_non_finite_step_leaves_weights_optimiser_and_teacher_exactly_as_they_were(monkeypatch):
+    model, crops = tiny()
+    trainer = SSLTrainer(model)
+    trainer.step(crops, 0)
+    before_model = copy.deepcopy(model.state_dict())
+    before_optim = copy.deepcopy(trainer.optimizer.state_dict())
+    forward = SSLModel.forward
+
+    def poisoned(self, batch, step):
+        output = forward(self, batch, step)
+        output.loss = output.loss * float("nan")
+        return output
+
+    monkeypatch.setattr(SSLModel, "forward", poisoned)
+    result = trainer.step(crops, 1)
+    assert not bool(result.finite) and torch.isnan(result.loss)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before_model[key]), key
+    after_optim = trainer.optimizer.state_dict()["state"]
+    for index, state in before_optim["state"].items():
+        for name, value in state.items():
+            assert torch.equal(after_optim[index][name], value), (index, name)
+
+
+@pytest.mark.parametrize("step", [3, 6])  # after the lr warm-up's first steps (lr 0 at step 0)
+def test_a_good_step_is_torch_adamw_then_the_ema(step):
+    """The fused step against the same step written with torch's default (foreach) AdamW and an explicit EMA."""
+    model, crops = tiny()
+    reference = copy.deepcopy(model)
+    trainer = SSLTrainer(model)
+    torch.manual_seed(1)  # the same drop-path draws on both sides
+    result = trainer.step(crops, step)
+
+    optimizer = torch.optim.AdamW(reference.param_groups(), lr=0.0, weight_decay=0.0, betas=tuple(reference.config.optim.betas))
+    reference.apply_schedules(optimizer, step)
+    torch.manual_seed(1)
+    reference(crops, step).loss.backward()
+    reference.clip_gradients()
+    optimizer.step()
+    momentum = reference.schedules.momentum(step)
+    with torch.no_grad():
+        for teacher, student in zip(reference.teacher.parameters(), reference.student.parameters()):
+            teacher.mul_(momentum).add_(student, alpha=1 - momentum)
+
+    assert bool(result.finite)
+    for (name, ours), theirs in zip(model.state_dict().items(), reference.state_dict().values()):
+        assert torch.allclose(ours, theirs, rtol=1e-5, atol=1e-6), name
