@@ -1,8 +1,8 @@
 """The pretraining loop, readable top to bottom.
 
     frames (start-up scan, DataLoader, sharded resumable sampler) → multi-crop on the training
-    device → `SSLTrainer.step` (forward under autocast → NaN guard → backward → clip → AdamW step →
-    EMA teacher) → logs / collapse monitor / checkpoints → exported teacher
+    device → `SSLTrainer.step` (forward under autocast → backward → clip → non-finite guard → fused
+    AdamW → EMA teacher) → logs / collapse monitor / checkpoints → exported teacher
 
 `train(config, resume)` is the whole run; `python -m vla_dino.pretrain` parses the command
 line into a `PretrainConfig` and calls it (also under torchrun, one call per process).
