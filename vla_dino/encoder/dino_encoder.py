@@ -227,6 +227,61 @@ class DinoEncoder(nn.Module):
                 captured[index] = self.model.layernorm(hidden) if norm else hidden
         return [self._split(captured[i], grid) for i in indices]
 
+    def forward_packed(
+        self, crop_sets: Sequence[torch.Tensor], masks: Sequence[torch.Tensor | None] | None = None
+    ) -> list[DinoTokens]:
+        """`[self(p, bool_masked_pos=m) for p, m in zip(crop_sets, masks)]` with every block run once over all
+        sets: DINOv2's packed student forward (`forward_features_list`), e.g. global crops with iBOT masks and
+        local crops of another size in one pass. Same weights and modules, so checkpoints are unchanged.
+
+        Each set is embedded on its own (patch grid, position interpolation and masks differ by size); the
+        tokens of all sets are then laid end to end as one (T, D) sequence. Per block, LayerNorms, q/k/v, output
+        projection, MLP and layer-scale (the bulk of the FLOPs) act on the whole sequence in one call each; only
+        attention runs per set, with SDPA on that set's dense (N, heads, S, d) view, so no mask and no cross-set
+        FLOPs. That is exact (every op is per token except attention, which never mixes sets) and torch-only on
+        every device. Rejected: jagged nested tensors (transformers' attention `view`s fail on them, and CPU SDPA
+        would fall back per sample) and flex attention over one flat sequence (a document mask; needs compile to
+        be fast, and the eager CPU path materialises the T×T scores). Drop-path stays per sample: the block's
+        own `drop_path` applied to each set's (N, S, D) view. The blocks' submodules are called directly, so this
+        bypasses hooks on the blocks themselves (FSDP2 `fully_shard` per block): use it with DDP or one process.
+        """
+        masks = [None] * len(crop_sets) if masks is None else list(masks)
+        if len(masks) != len(crop_sets):
+            raise ValueError(f"{len(masks)} masks for {len(crop_sets)} crop sets")
+        if any(hasattr(block, "unshard") for block in self.blocks):
+            raise RuntimeError("forward_packed bypasses the per-block FSDP2 hooks; call forward per crop set under FSDP")
+        grids = [self._check_inputs(p, m) for p, m in zip(crop_sets, masks)]
+        embedded = [self.model.embeddings(p, bool_masked_pos=m) for p, m in zip(crop_sets, masks)]
+        shapes = [(e.shape[0], e.shape[1]) for e in embedded]  # (crops, tokens per crop) of each set
+        hidden = torch.cat([e.flatten(0, 1) for e in embedded])  # (T, D)
+        for block in self.blocks:
+            hidden = self._packed_block(block, hidden, shapes)
+        hidden = self.model.layernorm(hidden)
+        parts = hidden.split([n * s for n, s in shapes])
+        return [self._split(part.view(n, s, -1), grid) for part, (n, s), grid in zip(parts, shapes, grids)]
+
+    @staticmethod
+    def _packed_block(block: nn.Module, hidden: torch.Tensor, shapes: list[tuple[int, int]]) -> torch.Tensor:
+        """One transformers Dinov2(WithRegisters)Layer over the packed (T, D) tokens of `shapes`' sets."""
+        sizes = [n * s for n, s in shapes]
+
+        def drop_path(x: torch.Tensor) -> torch.Tensor:  # per sample, as in the block (identity when inactive)
+            if not (block.drop_path.training and getattr(block.drop_path, "drop_prob", 0.0) > 0):
+                return x
+            return torch.cat([block.drop_path(p.view(n, s, -1)).flatten(0, 1) for p, (n, s) in zip(x.split(sizes), shapes)])
+
+        attn = block.attention
+        normed = block.norm1(hidden)
+        q, k, v = attn.q_proj(normed), attn.k_proj(normed), attn.v_proj(normed)
+        dropout = attn.attention_dropout if attn.training else 0.0
+        outputs = []
+        for qi, ki, vi, (n, s) in zip(q.split(sizes), k.split(sizes), v.split(sizes), shapes):
+            qi, ki, vi = (t.view(n, s, -1, attn.head_dim).transpose(1, 2) for t in (qi, ki, vi))
+            out = nn.functional.scaled_dot_product_attention(qi, ki, vi, dropout_p=dropout, scale=attn.scaling)
+            outputs.append(out.transpose(1, 2).reshape(n * s, -1))
+        hidden = drop_path(block.layer_scale1(attn.o_proj(torch.cat(outputs)))) + hidden
+        return drop_path(block.layer_scale2(block.mlp(block.norm2(hidden)))) + hidden
+
     @torch.no_grad()
     def encode(self, images: Any, layer: int | None = None) -> DinoTokens:
         """Raw images (numpy HWC uint8, PIL, tensors; single or batch) → tokens, in eval mode."""

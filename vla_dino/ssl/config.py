@@ -80,6 +80,9 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     freeze_last_layer_steps: int | None = None  # None = 1% of the steps (upstream: 1 of 100 epochs)
     drop_path: float = 0.3  # student only (uniform over blocks); ViT-S/B usually 0.1
+    # Student global + local crops through the backbone in one packed pass (DinoEncoder.forward_packed,
+    # equal to two calls within float rounding); not under FSDP2, which hooks each block's own call.
+    pack_crops: bool = False
 
 
 @dataclass

@@ -34,11 +34,14 @@ class SSLNetwork(nn.Module):
     """Backbone + DINO head (+ separate iBOT head). One forward call per step, so DDP sees
     a single forward; the teacher is a deep copy of this module."""
 
-    def __init__(self, backbone: DinoEncoder, dino_head: DinoHead, ibot_head: DinoHead | None) -> None:
+    def __init__(
+        self, backbone: DinoEncoder, dino_head: DinoHead, ibot_head: DinoHead | None, pack_crops: bool = False
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.dino_head = dino_head
         self.ibot_head = ibot_head
+        self.pack_crops = pack_crops  # optim.pack_crops: global and local crops in one backbone pass
 
     def forward(
         self,
@@ -47,8 +50,13 @@ class SSLNetwork(nn.Module):
         masks: torch.Tensor | None = None,
         mask_index: torch.Tensor | None = None,
     ) -> NetworkOutput:
-        glob = self.backbone(global_crops, bool_masked_pos=masks)
-        local_cls = self.backbone(local_crops).cls_token if local_crops is not None and local_crops.numel() else None
+        has_local = local_crops is not None and local_crops.numel() > 0
+        if self.pack_crops and has_local:
+            glob, local = self.backbone.forward_packed([global_crops, local_crops], [masks, None])
+            local_cls = local.cls_token
+        else:
+            glob = self.backbone(global_crops, bool_masked_pos=masks)
+            local_cls = self.backbone(local_crops).cls_token if has_local else None
         patches = None
         if mask_index is not None:
             patches = glob.patch_tokens.flatten(0, 1).index_select(0, mask_index)
@@ -92,7 +100,7 @@ class SSLModel(nn.Module):
         if not heads.shared_ibot:
             ibot_k = heads.ibot_num_prototypes or heads.num_prototypes
             ibot_head = DinoHead(dim, ibot_k, heads.hidden_dim, heads.bottleneck_dim, heads.num_layers)
-        self.student = SSLNetwork(encoder, dino_head, ibot_head)
+        self.student = SSLNetwork(encoder, dino_head, ibot_head, config.optim.pack_crops)
         self.teacher = copy.deepcopy(self.student).requires_grad_(False).eval()
         self.gram_reference: DinoEncoder | None = None
         if config.loss.gram_weight > 0:
