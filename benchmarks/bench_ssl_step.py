@@ -7,7 +7,8 @@ Same encoder weights, same crops and masks, same batch, one process. The lightly
 `benchmarks/lightly_peer.py` (shared with `ssl_peer_training.py`, which trains both to compare
 what they learn). Prints a table with
 median step time and peak memory (CUDA only; CPU has no allocator peak to read) and the
-ratio peer / ours. Needs `pip install lightly` (used with --no-deps is enough: only
+ratio peer / ours; the "packed" row is ours with `optim.pack_crops` (the student's global and
+local crops through the backbone in one pass, `DinoEncoder.forward_packed`). Needs `pip install lightly` (used with --no-deps is enough: only
 lightly.loss / lightly.models are imported).
 
     python benchmarks/bench_ssl_step.py --device cuda --size vits14 --batch 64
@@ -29,13 +30,14 @@ from vla_dino.ssl import MultiCropAugmentation, MultiCropBatch, SSLConfig, SSLMo
 from lightly_peer import LightlyStep  # benchmarks/lightly_peer.py (this script's folder), shared with ssl_peer_training.py
 
 
-def make_config(args: argparse.Namespace, centering: str) -> SSLConfig:
+def make_config(args: argparse.Namespace, centering: str, pack_crops: bool = False) -> SSLConfig:
     config = SSLConfig()
     config.crops.global_size, config.crops.local_size, config.crops.num_local = args.global_size, args.local_size, args.num_local
     config.heads.num_prototypes = args.prototypes
     config.loss.centering = centering
     config.optim.batch_size = args.batch
     config.optim.drop_path = 0.0  # same compute on both sides (lightly's example sets it on timm)
+    config.optim.pack_crops = pack_crops  # student global + local crops in one backbone pass
     return config
 
 
@@ -99,12 +101,13 @@ def main() -> None:
     augment_s = time.perf_counter() - start
 
     rows = []
-    runs = [("lightly (softmax centering)", LightlyStep, "softmax"),
-            ("ours (softmax centering)", OursStep, "softmax"),
-            ("ours (Sinkhorn-Knopp)", OursStep, "sinkhorn")]
-    for label, cls, centering in runs:
+    runs = [("lightly (softmax centering)", LightlyStep, "softmax", False),
+            ("ours (softmax centering)", OursStep, "softmax", False),
+            ("ours (Sinkhorn-Knopp)", OursStep, "sinkhorn", False),
+            ("ours (Sinkhorn-Knopp, packed)", OursStep, "sinkhorn", True)]
+    for label, cls, centering, pack_crops in runs:
         encoder = copy.deepcopy(base).to(device)
-        step_fn = cls(encoder, make_config(args, centering), steps=1000)
+        step_fn = cls(encoder, make_config(args, centering, pack_crops), steps=1000)
         autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
         with autocast:
             seconds, peak = measure(step_fn, batch, device, args.warmup, args.iters)

@@ -238,17 +238,18 @@ class DinoEncoder(nn.Module):
         tokens of all sets are then laid end to end as one (T, D) sequence. Per block, LayerNorms, q/k/v, output
         projection, MLP and layer-scale (the bulk of the FLOPs) act on the whole sequence in one call each; only
         attention runs per set, with SDPA on that set's dense (N, heads, S, d) view, so no mask and no cross-set
-        FLOPs. That is exact (every op is per token except attention, which never mixes sets) and torch-only on
-        every device. Rejected: jagged nested tensors (transformers' attention `view`s fail on them, and CPU SDPA
-        would fall back per sample) and flex attention over one flat sequence (a document mask; needs compile to
-        be fast, and the eager CPU path materialises the T×T scores). Drop-path stays per sample: the block's
-        own `drop_path` applied to each set's (N, S, D) view. The blocks' submodules are called directly, so this
-        bypasses hooks on the blocks themselves (FSDP2 `fully_shard` per block): use it with DDP or one process.
+        FLOPs. That is exact up to float rounding (every op is per token except attention, which never mixes
+        sets) and plain torch on every device. Not chosen: a jagged nested tensor through the blocks (the
+        attention's head `view` raises on it in torch 2.11, so it would need this same hand-written block, and
+        each set is dense anyway) and flex attention over one flat sequence with a document mask (fast only
+        compiled; eager it materialises the T×T scores). Drop-path stays per sample: the block's own `drop_path`
+        on each set's (N, S, D) view. The blocks' submodules are called directly, bypassing hooks on the blocks
+        themselves, so FSDP2 (`fully_shard` per block) is refused: use it with DDP or one process.
         """
         masks = [None] * len(crop_sets) if masks is None else list(masks)
         if len(masks) != len(crop_sets):
             raise ValueError(f"{len(masks)} masks for {len(crop_sets)} crop sets")
-        if any(hasattr(block, "unshard") for block in self.blocks):
+        if any(hasattr(block, "unshard") for block in self.blocks):  # an FSDP2 `fully_shard` module
             raise RuntimeError("forward_packed bypasses the per-block FSDP2 hooks; call forward per crop set under FSDP")
         grids = [self._check_inputs(p, m) for p, m in zip(crop_sets, masks)]
         embedded = [self.model.embeddings(p, bool_masked_pos=m) for p, m in zip(crop_sets, masks)]
