@@ -69,6 +69,8 @@ def test_bad_values_are_named():
         load_config(preset_path("cpu_smoke"), {"ssl.loss.centering": "kmeans"})
     with pytest.raises(FileNotFoundError, match="cpu_smoke"):  # lists what exists
         preset_path("nope")
+    with pytest.raises(ValueError, match="pack_crops.*strategy=ddp"):  # the packed forward bypasses FSDP2's hooks
+        load_config(preset_path("cpu_smoke"), {"ssl.optim.pack_crops": True, "distributed.strategy": "fsdp"})
 
 
 def test_cli_rejects_stray_arguments(capsys):

@@ -166,6 +166,8 @@ class PretrainConfig:
             (self.log.collapse.persist_checks >= 1, "log.collapse.persist_checks must be >= 1"),
             (self.distributed.strategy in ("ddp", "fsdp"), "distributed.strategy must be ddp|fsdp"),
             (self.distributed.backend in ("auto", "nccl", "gloo"), "distributed.backend must be auto|nccl|gloo"),
+            (not (o.pack_crops and self.distributed.strategy == "fsdp"),
+             "ssl.optim.pack_crops runs the blocks' parts directly, past FSDP2's per-block hooks: use distributed.strategy=ddp"),
             (set(self.export.formats) <= {"hf", "official"}, "export.formats may only hold 'hf' and 'official'"),
             # numbers the SSL tree's own validate() leaves open
             (_finite(o.base_lr) and o.base_lr > 0, "ssl.optim.base_lr must be > 0"),
