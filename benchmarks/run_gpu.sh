@@ -28,6 +28,7 @@ encoder)
   ;;
 core)
   bench ssl_step_vits14 150 python benchmarks/bench_ssl_step.py --device cuda --size vits14 --batch 64 --bf16
+  bench mfu_vits_vitb_vitl 240 python benchmarks/bench_mfu.py --device cuda --sizes vits14 vitb14 vitl14 --batch 64 --precision bf16
   bench pretrain_throughput 150 python benchmarks/bench_pretrain_throughput.py --device cuda --preset vits14_scratch --sizes vits14 vitb14 --batch-sizes 64
   ;;
 policy)
