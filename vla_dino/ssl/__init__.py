@@ -13,7 +13,7 @@ Public API::
     model = SSLModel(config, DinoEncoder.from_size("vits14") or DinoEncoder.from_pretrained(...), total_steps)
     trainer = SSLTrainer(model, precision="fp32")         # owns AdamW over model.param_groups() and the grad scaler
     for step in range(total_steps):
-        result = trainer.step(batch, step)   # schedules → forward → non-finite guard → backward → clip → AdamW → EMA
+        result = trainer.step(batch, step)   # schedules → forward → backward → clip → non-finite guard → fused AdamW → EMA
         # StepResult(loss, metrics, grad_norm, finite, schedule={"lr","last_layer_lr","weight_decay","momentum","teacher_temp"})
 
 Metrics: dino_local, dino_global, ibot, koleo (sum over the 2 global crops, as it enters the

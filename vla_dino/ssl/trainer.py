@@ -71,9 +71,9 @@ class SSLTrainer:
         schedule = model.apply_schedules(optimizer, step)
         with self.autocast:
             output = self.forward(crops, step)
-        loss = output.loss.detach()
         if self.scaler.is_enabled():
             return self._fp16_step(output.loss, output.metrics, step, schedule)
+        loss = output.loss.detach()
         optimizer.zero_grad(set_to_none=True)
         output.loss.backward()
         grad_norm = model.clip_gradients()
