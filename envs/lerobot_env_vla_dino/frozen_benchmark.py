@@ -11,19 +11,24 @@ CortexBench's: 25 demos, 25 evaluation episodes, 3-frame history.
 Encoder specs (strings, so the CLI can list them):
 - `vit:<size>[@seed<N>]`  random-init DinoEncoder of a named size (e.g. `vit:small-test@seed1`);
                           the init is seeded (N, default the run's `seed`), so seeds are baselines
-- `dino:<source>`         DinoEncoder.from_pretrained(source): a `python -m vla_dino.pretrain` export,
-                          a transformers folder, a hub id or an official checkpoint file
+- `dino:<source>[@seed<N>]` DinoEncoder.from_pretrained(source): a `python -m vla_dino.pretrain` export,
+                          a transformers folder, a hub id or an official checkpoint file; with `@seed<N>`,
+                          random init (seed N) of that checkpoint's architecture: its baseline
 - `pixels[:<side>]`       raw pixels, area-averaged to side × side (default 12) and flattened
 - `adapter:<dino>+<siglip>` the fused `vla_dino.adapter.VisionTokenizer` (DINO + SigLIP towers,
                           OpenVLA's second-to-last-layer features, no projector), tokens mean-pooled
 - `adapter_dir:<folder>`  a saved VisionTokenizer, tokens mean-pooled
 - `resnet18_scratch`      torchvision ResNet-18, random init, trained end-to-end with the head
                           (as LeRobot's ACT/Diffusion image backbones, here without ImageNet weights)
-DINO features are [CLS, mean patch token] of the last layer.
+- `<label>=<spec>`         names the spec's row group: specs sharing a label (one recipe pretrained
+                          with several seeds) get one more table row, the range over them
+DINO features are [CLS, mean patch token] of the last layer. Seeds of one random init
+(`vit:x@seed0`, `vit:x@seed1`, … or `dino:x@seedN`) are grouped the same way.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
@@ -67,7 +72,7 @@ def history_indices(episodes: np.ndarray, history: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- encoders
-ENCODER_SPECS = "vit:<size>[@seed<N>], dino:<source>, pixels[:<side>], adapter:<dino>+<siglip>, adapter_dir:<folder>, resnet18_scratch"
+ENCODER_SPECS = "[<label>=]vit:<size>[@seed<N>], dino:<source>[@seed<N>], pixels[:<side>], adapter:<dino>+<siglip>, adapter_dir:<folder>, resnet18_scratch"
 PIXEL_SIDE = 12  # raw-pixel baseline: frames area-averaged to 12 × 12 (already R² ≈ 0.99 for hand/object position from a fixed camera)
 
 
@@ -75,32 +80,47 @@ PIXEL_SIDE = 12  # raw-pixel baseline: frames area-averaged to 12 × 12 (already
 class EncoderSpec:
     kind: str  # vit, dino, pixels, adapter, adapter_dir, resnet18_scratch
     source: str = ""
-    seed: int | None = None  # vit: the random init's seed
+    seed: int | None = None  # vit: the random init's seed; dino: random init of the checkpoint's architecture
+    label: str = ""  # `<label>=<spec>`: the row group of the table
 
     @classmethod
     def parse(cls, spec: str) -> "EncoderSpec":
         """`vit:small-test@seed1` → EncoderSpec('vit', 'small-test', 1); an unknown spec is an error naming --encoders."""
+        label = ""
+        if "=" in spec.split(":", 1)[0]:
+            label, _, spec = spec.partition("=")
         kind, _, source = spec.partition(":")
         bad = ValueError(f"--encoders: {spec!r} is not an encoder spec; expected one of {ENCODER_SPECS}")
         if kind == "resnet18_scratch" and not source:
-            return cls(kind)
+            return cls(kind, label=label)
         if kind == "pixels":
             if source and not (source.isdigit() and int(source) >= 1):
                 raise bad
-            return cls(kind, source or str(PIXEL_SIDE))
-        if kind == "vit" and source:
-            size, at, seed = source.partition("@")
-            if at and not (seed.startswith("seed") and seed[4:].isdigit()):
-                raise ValueError(f"--encoders: {spec!r}: the seed is written @seed<N>, e.g. vit:{size}@seed1")
-            return cls(kind, size, int(seed[4:]) if at else None)
-        if kind in ("dino", "adapter", "adapter_dir") and source:
-            return cls(kind, source)
+            return cls(kind, source or str(PIXEL_SIDE), label=label)
+        if kind in ("vit", "dino") and source:
+            name, at, seed = source.rpartition("@")
+            if not at:
+                return cls(kind, source, label=label)
+            if not (seed.startswith("seed") and seed[4:].isdigit()):
+                raise ValueError(f"--encoders: {spec!r}: the seed is written @seed<N>, e.g. {kind}:{name}@seed1")
+            return cls(kind, name, int(seed[4:]), label)
+        if kind in ("adapter", "adapter_dir") and source:
+            return cls(kind, source, label=label)
         raise bad
 
     @property
     def base(self) -> str:
-        """The spec without its seed (what seeds of one random init share)."""
+        """The spec without its seed and label (what seeds of one random init share)."""
         return f"{self.kind}:{self.source}" if self.source else self.kind
+
+    @property
+    def group(self) -> str | None:
+        """The table's range row this spec belongs to: its label, or its random init's seeds; None: none."""
+        if self.label:
+            return f"`{self.label}`"
+        if self.seed is not None:
+            return f"`{self.base}` random init"
+        return None
 
 
 def pixel_features(images: np.ndarray, side: int = PIXEL_SIDE) -> np.ndarray:
@@ -129,6 +149,10 @@ class FrozenEncoder:
                 self.model = DinoEncoder.from_size(parsed.source, image_size=image_size)
         elif parsed.kind == "dino":
             self.model = DinoEncoder.from_pretrained(parsed.source)
+            if parsed.seed is not None:  # random init of the same architecture
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(parsed.seed)
+                    self.model = DinoEncoder(copy.deepcopy(self.model.config))
         else:
             from vla_dino.adapter import VisionTokenizer, VisionTokenizerConfig
 
@@ -448,12 +472,23 @@ def run_benchmark(config: FrozenBenchmarkConfig) -> list[BenchmarkRow]:
     return rows
 
 
+def spec_groups(encoders: list[str]) -> dict[str, list[str]]:
+    """Group title → the specs in it (`EncoderSpec.group`), in the order given."""
+    groups: dict[str, list[str]] = {}
+    for encoder in encoders:
+        group = EncoderSpec.parse(encoder).group
+        if group is not None:
+            groups.setdefault(group, []).append(encoder)
+    return groups
+
+
 def markdown_table(rows: list[BenchmarkRow]) -> str:
     """Encoders × (task, condition) success rates with 95 % Wilson intervals, and the mean over cells.
 
     Columns are tasks when every row is clean, else `task · condition`; with changed conditions the
     means over clean and over changed cells are added. Random-init specs that differ only in their
-    seed (`vit:x@seed0`, `vit:x@seed1`, …) get one more row: the range (min–max) over seeds.
+    seed (`vit:x@seed0`, `vit:x@seed1`, …), and specs sharing a `<label>=`, get one more row each:
+    the range (min–max) over them.
     """
     columns = list(dict.fromkeys((r.task, r.condition) for r in rows))
     all_clean = all(BENCHMARK_CONDITIONS.get(c, VisualCondition()).is_clean for _, c in columns)
@@ -482,15 +517,7 @@ def markdown_table(rows: list[BenchmarkRow]) -> str:
             low, high = r.success_ci95
             cells.append(f"{r.successes}/{r.episodes} ({low:.2f}–{high:.2f})")
         lines.append(f"| `{encoder}` | " + " | ".join(cells + [f"{m:.2f}" for m in means(encoder)]) + " |")
-    groups: dict[str, list[str]] = {}
-    for encoder in encoders:
-        try:
-            parsed = EncoderSpec.parse(encoder)
-        except ValueError:
-            continue
-        if parsed.kind == "vit":
-            groups.setdefault(parsed.base, []).append(encoder)
-    for base, members in groups.items():
+    for group, members in spec_groups(encoders).items():
         if len(members) < 2:
             continue
         cells = []
@@ -499,8 +526,27 @@ def markdown_table(rows: list[BenchmarkRow]) -> str:
             cells.append(f"{min(rates):.2f}–{max(rates):.2f}" if rates else "–")
         per_seed = np.array([means(m) for m in members])
         ranges = [f"{lo:.2f}–{hi:.2f}" for lo, hi in zip(np.nanmin(per_seed, 0), np.nanmax(per_seed, 0))]
-        lines.append(f"| `{base}` random init, {len(members)} seeds (range) | " + " | ".join(cells + ranges) + " |")
+        seeds = "pretraining seeds" if EncoderSpec.parse(members[0]).label else "seeds"
+        lines.append(f"| {group}, {len(members)} {seeds} (range) | " + " | ".join(cells + ranges) + " |")
     return "\n".join(lines)
+
+
+def load_rows(folder: str | Path) -> list[BenchmarkRow]:
+    """The rows of one run's `<out_dir>/results.json`."""
+    path = Path(folder) / "results.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no results.json; expected an --out_dir of the frozen-encoder benchmark")
+    return [BenchmarkRow(**{**row, "success_ci95": tuple(row["success_ci95"])}) for row in json.loads(path.read_text())]
+
+
+def merged_tables(folders: list[str | Path]) -> str:
+    """One `markdown_table` per task set over several runs (e.g. baselines and pretrained encoders
+    run as separate jobs on the same tasks, demos and evaluation seeds)."""
+    by_tasks: dict[tuple[str, ...], list[BenchmarkRow]] = {}
+    for folder in folders:
+        rows = load_rows(folder)
+        by_tasks.setdefault(tuple(dict.fromkeys(r.task for r in rows)), []).extend(rows)
+    return "\n\n".join(markdown_table(rows) for rows in by_tasks.values())
 
 
 def write_report(config: FrozenBenchmarkConfig, rows: list[BenchmarkRow], command: str, machine: str) -> Path:

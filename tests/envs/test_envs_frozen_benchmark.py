@@ -65,6 +65,32 @@ def test_encoder_specs_parse_and_bad_specs_name_the_argument():
             EncoderSpec.parse(bad)
     with pytest.raises(ValueError, match="@seed<N>"):
         EncoderSpec.parse("vit:tiny@3")
+    assert EncoderSpec.parse("dino:runs/a/export/hf@seed2") == EncoderSpec("dino", "runs/a/export/hf", 2)
+    labelled = EncoderSpec.parse("recipe=dino:runs/a/export/hf")
+    assert labelled == EncoderSpec("dino", "runs/a/export/hf", None, "recipe") and labelled.group == "`recipe`"
+    assert EncoderSpec.parse("dino:x@seed0").group == "`dino:x` random init" and EncoderSpec.parse("pixels").group is None
+
+
+def test_dino_seed_is_random_init_of_the_checkpoints_architecture(tmp_path):
+    from vla_dino.encoder import DinoEncoder
+
+    torch.manual_seed(7)
+    trained = DinoEncoder.from_size("tiny", image_size=56)
+    with torch.no_grad():
+        for parameter in trained.parameters():
+            parameter.add_(0.5)  # not what any init gives
+    trained.save_pretrained(tmp_path / "export")
+    images = np.random.default_rng(0).integers(0, 256, size=(2, 56, 56, 3), dtype=np.uint8)
+    source = f"dino:{tmp_path / 'export'}"
+    loaded = FrozenEncoder(source, 56, "cpu")
+    randomised = FrozenEncoder(f"{source}@seed1", 56, "cpu")
+    assert randomised.model.config.to_dict() == loaded.model.config.to_dict()  # the same architecture
+    assert not np.allclose(randomised(images), loaded(images))
+    np.testing.assert_array_equal(FrozenEncoder(f"{source}@seed1", 56, "cpu")(images), randomised(images))
+    torch.manual_seed(1)
+    fresh = DinoEncoder(loaded.model.config)
+    for (name, a), (_, b) in zip(fresh.state_dict().items(), randomised.model.state_dict().items()):
+        torch.testing.assert_close(a, b, msg=name)  # exactly the seed's init
 
 
 def test_random_init_is_seeded_and_pixels_are_area_means():
@@ -145,6 +171,18 @@ def test_markdown_table_with_conditions_and_seed_ranges():
     assert table[5] == "| `vit:tiny` random init, 2 seeds (range) | 0.50–1.00 | 0.00–0.25 | 0.25–0.62 | 0.50–1.00 | 0.00–0.25 |"
 
 
+def test_markdown_table_gives_labelled_pretraining_seeds_one_range_row():
+    def row(encoder, wins):
+        return BenchmarkRow("reach-v3", encoder, wins / 4, (0.0, 1.0), wins, 4, 0.1, 64, 1.0, 2.0)
+
+    rows = [row("recipe=dino:a", 3), row("recipe=dino:b", 1), row("dino:a@seed0", 0), row("dino:a@seed1", 2)]
+    table = markdown_table(rows).splitlines()
+    assert table[-2:] == [
+        "| `recipe`, 2 pretraining seeds (range) | 0.25–0.75 | 0.25–0.75 |",
+        "| `dino:a` random init, 2 seeds (range) | 0.00–0.50 | 0.00–0.50 |",
+    ]
+
+
 def test_benchmark_end_to_end_tiny(tmp_path):
     config = FrozenBenchmarkConfig(
         tasks=["reach-v3"], encoders=["pixels", "resnet18_scratch"],
@@ -163,3 +201,24 @@ def test_benchmark_end_to_end_tiny(tmp_path):
     assert "| encoder | reach-v3 · clean | reach-v3 · hue_shift_third |" in report and "| hue_shift_third |" in report
     saved = json.loads((tmp_path / "results.json").read_text())
     assert len(saved) == 4 and saved[1]["condition"] == "hue_shift_third"
+
+
+def test_runs_written_apart_merge_into_one_table(tmp_path):
+    from dataclasses import asdict
+
+    from lerobot_env_vla_dino.frozen_benchmark import load_rows, merged_tables
+
+    def row(task, encoder, wins):
+        return BenchmarkRow(task, encoder, wins / 4, (0.1, 0.9), wins, 4, 0.1, 64, 1.0, 2.0)
+
+    runs = {"baselines": [row("reach-v3", "pixels", 1)], "ours": [row("reach-v3", "r=dino:a", 3)],
+            "pusht": [row("vla_dino/PushT-v0", "pixels", 2)]}
+    for name, rows in runs.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps([asdict(r) for r in rows]))
+    assert load_rows(tmp_path / "ours") == runs["ours"]  # the interval comes back as a tuple
+    first, second = merged_tables([tmp_path / n for n in runs]).split("\n\n")
+    assert first.splitlines()[2:] == ["| `pixels` | 1/4 (0.10–0.90) | 0.25 |", "| `r=dino:a` | 3/4 (0.10–0.90) | 0.75 |"]
+    assert second.splitlines()[0] == "| encoder | vla_dino/PushT-v0 | mean |"
+    with pytest.raises(FileNotFoundError, match="no results.json"):
+        load_rows(tmp_path)
