@@ -107,6 +107,37 @@ def test_all_unreadable_frames_stop_with_a_checkpoint_instead_of_hanging(tmp_pat
     assert "not a readable image" in line
 
 
+def test_the_loop_agrees_on_stops_and_skips_in_one_collective_per_step(frames, tmp_path: Path, monkeypatch):
+    """Signals and short batches share one all-reduce per step (under torchrun each is a host sync)."""
+    from vla_dino.pretrain import distributed
+
+    agreed = []
+    real = distributed.any_ranks
+    monkeypatch.setattr(distributed, "any_ranks", lambda flags, info: agreed.append(flags) or real(flags, info))
+    result = train(tiny_config(frames, tmp_path / "run", **{"train.steps": 5}))
+    assert result.step == 5 and agreed == [(False, False)] * 5
+
+
+def test_a_signal_stops_the_run_before_the_fetched_batch(frames, tmp_path: Path, monkeypatch):
+    """A signal during a step stops the run at the next step's agreement; the batch fetched for it is
+    not trained on, and the checkpoint's position puts it first for the resume."""
+    import vla_dino.pretrain.train as train_module
+
+    real_log_step = train_module._log_step
+
+    def log_step(run, position, *args):
+        real_log_step(run, position, *args)
+        if position.step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(train_module, "_log_step", log_step)
+    out = tmp_path / "run"
+    result = train(tiny_config(frames, out, **{"train.steps": 6}))
+    assert result.stopped_by == "SIGTERM" and result.step == 2
+    state = load_checkpoint(out / "checkpoints" / "step_00000002.pt")
+    assert state["batch_index"] == 2 and state["data_position"]["samples_done"] == 8  # 2 batches of 4 trained on
+
+
 def test_a_signal_is_honoured_on_the_skipped_batch_path(frames, tmp_path: Path, monkeypatch):
     """SIGTERM while batches come back empty: the run saves and leaves (it used to need a second signal)."""
     calls = []

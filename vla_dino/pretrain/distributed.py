@@ -68,13 +68,14 @@ def all_gather_objects(obj: Any, info: DistInfo) -> list[Any]:
     return gathered
 
 
-def broadcast_flag(flag: bool, info: DistInfo) -> bool:
-    """True on every rank if it is true on any (stop signals, NaN stops, unusable batches)."""
+def any_ranks(flags: tuple[bool, ...], info: DistInfo) -> tuple[bool, ...]:
+    """Each flag True on every rank if it is True on any (stop signals, unusable batches): one
+    all-reduce and one host read for all of them."""
     if not info.distributed:
-        return flag
-    tensor = torch.tensor([int(flag)], device=info.device if info.device.type == "cuda" else "cpu")
+        return flags
+    tensor = torch.tensor([int(f) for f in flags], device=info.device if info.device.type == "cuda" else "cpu")
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return bool(tensor.item())
+    return tuple(bool(v) for v in tensor.tolist())
 
 
 def any_rank(flag: torch.Tensor, info: DistInfo) -> torch.Tensor:

@@ -154,10 +154,20 @@ def _train(config: PretrainConfig, resume: str | None, info: D.DistInfo) -> RunR
     try:
         while position.step < run.stop_step:
             t0 = time.perf_counter()
+            before = position.epoch, position.batch_in_epoch
             batch, (position.epoch, position.batch_in_epoch) = next(batches)
-            _take_skips(run, batch, position.step)
-            # every rank skips together (a rank without frames cannot join the collectives)
-            if D.broadcast_flag(batch["frame"].shape[0] < run.min_frames, info):  # too few frames: the next batch, bounded
+            # one collective per step: every rank stops together on a signal, and skips a batch with
+            # too few frames together (a rank without frames cannot join the step's collectives)
+            signalled, short = D.any_ranks((stop_signal.received is not None, batch["frame"].shape[0] < run.min_frames), info)
+            if signalled and not short:
+                position.epoch, position.batch_in_epoch = before  # fetched, not trained on: a resume takes it first
+            else:
+                _take_skips(run, batch, position.step)
+            if signalled:
+                last_saved = _save(run, position)
+                stopped_by = stop_signal.received or "signal"
+                break
+            if short:  # the next batch, bounded
                 empty_streak += 1
                 run.skips.batches += 1
                 if empty_streak >= run.empty_limit:
@@ -170,10 +180,6 @@ def _train(config: PretrainConfig, resume: str | None, info: D.DistInfo) -> RunR
                         f"unreadable files are listed in {run.out / 'skipped_samples.txt'}. Fix or remove them, then continue "
                         f"with --resume"
                     )
-                if D.broadcast_flag(stop_signal.received is not None, info):
-                    last_saved = _save(run, position)
-                    stopped_by = stop_signal.received or "signal"
-                    break
                 continue
             empty_streak = 0
 
@@ -199,12 +205,8 @@ def _train(config: PretrainConfig, resume: str | None, info: D.DistInfo) -> RunR
                     f"applied since), saved to {last_saved or run.checkpoints.path_for(position.step)}. Lower "
                     f"ssl.optim.base_lr, check the frames, or use train.precision=fp32, then continue with --resume."
                 )
-            signalled = D.broadcast_flag(stop_signal.received is not None, info)
-            if position.step % config.checkpoint.every_steps == 0 or signalled or position.step == run.stop_step:
+            if position.step % config.checkpoint.every_steps == 0 or position.step == run.stop_step:
                 last_saved = _save(run, position)
-            if signalled:
-                stopped_by = stop_signal.received or "signal"
-                break
     finally:
         progress.close()
         stop_signal.restore()
