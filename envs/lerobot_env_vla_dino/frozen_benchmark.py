@@ -531,6 +531,31 @@ def markdown_table(rows: list[BenchmarkRow]) -> str:
     return "\n".join(lines)
 
 
+def seed_range_verdicts(rows: list[BenchmarkRow]) -> list[str]:
+    """Each labelled group (a recipe's pretraining seeds) against each random-init group: the mean
+    success over clean cells and over changed cells as ranges over seeds, and whether they are apart."""
+    def mean_rate(encoder: str, clean: bool) -> float | None:
+        rates = [r.success_rate for r in rows if r.encoder == encoder and (r.condition == "clean") == clean]
+        return float(np.mean(rates)) if rates else None
+
+    groups = spec_groups(list(dict.fromkeys(r.encoder for r in rows)))
+    labelled = {g: m for g, m in groups.items() if EncoderSpec.parse(m[0]).label}
+    random_init = {g: m for g, m in groups.items() if not EncoderSpec.parse(m[0]).label}
+    lines = []
+    for name, members in labelled.items():
+        for baseline, seeds in random_init.items():
+            parts = []
+            for clean, what in ((True, "clean"), (False, "changed")):
+                ours = [v for m in members if (v := mean_rate(m, clean)) is not None]
+                theirs = [v for m in seeds if (v := mean_rate(m, clean)) is not None]
+                if ours and theirs:
+                    verdict = "above" if min(ours) > max(theirs) else "below" if max(ours) < min(theirs) else "overlapping"
+                    parts.append(f"{what} {min(ours):.2f}–{max(ours):.2f} vs {min(theirs):.2f}–{max(theirs):.2f} ({verdict})")
+            if parts:
+                lines.append(f"- {name} ({len(members)} seeds) vs {baseline} ({len(seeds)} seeds), mean success: " + "; ".join(parts))
+    return lines
+
+
 def load_rows(folder: str | Path) -> list[BenchmarkRow]:
     """The rows of one run's `<out_dir>/results.json`."""
     path = Path(folder) / "results.json"
@@ -540,13 +565,17 @@ def load_rows(folder: str | Path) -> list[BenchmarkRow]:
 
 
 def merged_tables(folders: list[str | Path]) -> str:
-    """One `markdown_table` per task set over several runs (e.g. baselines and pretrained encoders
-    run as separate jobs on the same tasks, demos and evaluation seeds)."""
+    """One `markdown_table` (and its `seed_range_verdicts`) per task set over several runs, e.g.
+    baselines and pretrained encoders run as separate jobs on the same tasks, demos and evaluation seeds."""
     by_tasks: dict[tuple[str, ...], list[BenchmarkRow]] = {}
     for folder in folders:
         rows = load_rows(folder)
         by_tasks.setdefault(tuple(dict.fromkeys(r.task for r in rows)), []).extend(rows)
-    return "\n\n".join(markdown_table(rows) for rows in by_tasks.values())
+    parts = []
+    for rows in by_tasks.values():
+        verdicts = seed_range_verdicts(rows)
+        parts += [markdown_table(rows)] + (["\n".join(verdicts)] if verdicts else [])
+    return "\n\n".join(parts)
 
 
 def write_report(config: FrozenBenchmarkConfig, rows: list[BenchmarkRow], command: str, machine: str) -> Path:
@@ -562,6 +591,7 @@ def write_report(config: FrozenBenchmarkConfig, rows: list[BenchmarkRow], comman
         "",
         markdown_table(rows),
         "",
+        *[line + "\n" for line in ["\n".join(seed_range_verdicts(rows))] if line],
         f"Cells: successes / episodes (95 % Wilson interval); {config.num_demos} demos per task"
         + (f" ({config.demo_varied_fraction:.0%} under random light/colour changes)" if config.demo_varied_fraction else "")
         + f", BC head {HIDDEN}, {config.history}-frame history, {config.num_eval} evaluation episodes per task and condition.",

@@ -181,6 +181,20 @@ def test_markdown_table_gives_labelled_pretraining_seeds_one_range_row():
         "| `recipe`, 2 pretraining seeds (range) | 0.25–0.75 | 0.25–0.75 |",
         "| `dino:a` random init, 2 seeds (range) | 0.00–0.50 | 0.00–0.50 |",
     ]
+    from lerobot_env_vla_dino.frozen_benchmark import seed_range_verdicts
+
+    assert seed_range_verdicts(rows) == [
+        "- `recipe` (2 seeds) vs `dino:a` random init (2 seeds), mean success: clean 0.25–0.75 vs 0.00–0.50 (overlapping)"
+    ]
+    def cell(encoder, condition, wins):
+        return BenchmarkRow("push-v3", encoder, wins / 4, (0.0, 1.0), wins, 4, 0.1, 64, 1.0, 2.0, condition)
+
+    wins = {"recipe=dino:a": (4, 0), "recipe=dino:b": (3, 1), "dino:a@seed0": (1, 2), "dino:a@seed1": (2, 3)}
+    rows = [cell(e, c, w) for e, (clean, changed) in wins.items() for c, w in (("clean", clean), ("camera_jitter", changed))]
+    assert seed_range_verdicts(rows) == [
+        "- `recipe` (2 seeds) vs `dino:a` random init (2 seeds), mean success: clean 0.75–1.00 vs 0.25–0.50 (above); "
+        "changed 0.00–0.25 vs 0.50–0.75 (below)"
+    ]
 
 
 def test_benchmark_end_to_end_tiny(tmp_path):
