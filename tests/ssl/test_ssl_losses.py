@@ -126,6 +126,20 @@ def test_sinkhorn_matches_upstream_and_is_doubly_normalised():
     torch.testing.assert_close(converged.sum(dim=1), torch.ones(12))
 
 
+def test_sinkhorn_spends_one_max_and_one_sum_per_iteration(monkeypatch):
+    import vla_dino.ssl.centering as centering
+
+    calls = []
+    monkeypatch.setattr(centering, "all_reduce_sum", lambda t: calls.append(("sum", tuple(t.shape))) or t)
+    monkeypatch.setattr(centering, "all_reduce_max", lambda t: calls.append(("max", tuple(t.shape))) or t)
+    logits = torch.randn(12, 6)
+    torch.testing.assert_close(sinkhorn_knopp(logits, 0.1, iterations=3).double(), _naive_sinkhorn(logits, 0.1, 3),
+                               rtol=1e-5, atol=1e-7)
+    assert calls == [("max", ()), ("sum", (7,)), ("sum", (6, 1)), ("sum", (6, 1))]  # row sums + B, then row sums
+    with pytest.raises(ValueError, match="iterations=0"):
+        sinkhorn_knopp(logits, 0.1, iterations=0)
+
+
 def test_sinkhorn_is_stable_at_small_temperature_and_shift_invariant():
     logits = torch.rand(8, 5) * 2 - 1  # cosine logits; exp(1 / 0.012) overflows fp32 unshifted
     targets = sinkhorn_knopp(logits.bfloat16(), 0.012)

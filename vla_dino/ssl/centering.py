@@ -23,19 +23,25 @@ def sinkhorn_knopp(logits: torch.Tensor, temperature: float, iterations: int = 3
     (each row a distribution). Row sums and B are all-reduced. The global max is
     subtracted first (exact after normalisation, avoids fp32 overflow at small τ); cosine
     logits in [−1, 1] stay clear of underflow for τ ≥ 0.012.
+
+    Collectives: one max, then one sum per iteration. Q / ΣQ is a common factor that the first
+    row normalisation removes exactly, so it is skipped, and B travels in the first row-sum
+    all-reduce (upstream, dinov2/loss/dino_clstoken_loss.py, spends two more all-reduces on them).
     """
+    if iterations < 1:
+        raise ValueError(f"sinkhorn_knopp: iterations={iterations}; expected at least 1")
     scaled = logits.float() / temperature
     peak = scaled.max() if scaled.numel() else scaled.new_tensor(float("-inf"))
     peak = all_reduce_max(peak.clone())
     q = torch.exp(scaled - peak).t()  # (K, B)
     num_prototypes = q.shape[0]
-    num_samples = all_reduce_sum(torch.tensor(float(q.shape[1]), device=q.device))
-    q /= all_reduce_sum(q.sum())
-    for _ in range(iterations):
-        q /= all_reduce_sum(q.sum(dim=1, keepdim=True))
-        q /= num_prototypes
-        q /= q.sum(dim=0, keepdim=True)
-        q /= num_samples
+    first = all_reduce_sum(torch.cat([q.sum(dim=1), q.new_tensor([q.shape[1]])]))
+    row_sums, num_samples = first[:-1, None], first[-1]
+    for iteration in range(iterations):
+        if iteration:
+            row_sums = all_reduce_sum(q.sum(dim=1, keepdim=True))
+        q /= row_sums * num_prototypes
+        q /= q.sum(dim=0, keepdim=True) * num_samples
     q *= num_samples
     return q.t()
 
