@@ -48,6 +48,7 @@ architecture="dino:$OUT/pretrain/seed${SEEDS%% *}/export/hf"  # its @seedN specs
 
 bc() {  # bc <out_dir> <encoders> [flags]: one frozen_benchmark run, skipped when its report exists
   local dir=$1 encoders=$2; shift 2
+  mkdir -p "$OUT/demos" "$dir"; [ -e "$dir/demos" ] || ln -s "$(realpath "$OUT/demos")" "$dir/demos"
   [ -f "$dir/results.md" ] || $PY "$HERE/run_frozen_encoder.py" --encoders="[$encoders]" --num_demos=25 \
       --num_eval=25 --history=3 --image_size=84 --encoder_image_size=56 --out_dir="$dir" "$@"
 }
@@ -55,10 +56,13 @@ baselines="pixels,$architecture@seed0,$architecture@seed1,$architecture@seed2"
 ours=$(IFS=,; echo "${pretrained[*]}")
 meta=(--tasks="[$(echo $TASKS | tr ' ' ',')]" --eval_conditions="$CONDITIONS")
 pusht=(--tasks="[vla_dino/PushT-v0]" --max_steps=300)
-# the cheap rows first, ResNet-18 (trained end to end: the longest) last
+# the cheap rows first, ResNet-18 (trained end to end: the longest) last; one run per pretraining
+# seed so that runs can go in parallel (every run reuses the demos in $OUT/demos)
+for seed in $SEEDS; do
+  bc "$OUT/bc_metaworld_pretrained_s$seed" "small_data_cpu=dino:$OUT/pretrain/seed$seed/export/hf" "${meta[@]}"
+done
 bc "$OUT/bc_metaworld_baselines" "$baselines" "${meta[@]}"
-bc "$OUT/bc_metaworld_pretrained" "$ours" "${meta[@]}"
 bc "$OUT/bc_pusht" "$ours,$baselines" "${pusht[@]}"
 bc "$OUT/bc_metaworld_resnet" resnet18_scratch "${meta[@]}"
 bc "$OUT/bc_pusht_resnet" resnet18_scratch "${pusht[@]}"
-$PY "$HERE/merge_results.py" --out "$OUT/results.md" "$OUT"/bc_metaworld_{pretrained,baselines,resnet} "$OUT"/bc_pusht{,_resnet}
+$PY "$HERE/merge_results.py" --out "$OUT/results.md" "$OUT"/bc_metaworld_{pretrained_s*,baselines,resnet} "$OUT"/bc_pusht{,_resnet}
