@@ -565,14 +565,25 @@ def load_rows(folder: str | Path) -> list[BenchmarkRow]:
 
 
 def merged_tables(folders: list[str | Path]) -> str:
-    """One `markdown_table` (and its `seed_range_verdicts`) per task set over several runs, e.g.
-    baselines and pretrained encoders run as separate jobs on the same tasks, demos and evaluation seeds."""
-    by_tasks: dict[tuple[str, ...], list[BenchmarkRow]] = {}
+    """One `markdown_table` (and its `seed_range_verdicts`) over several runs, e.g. baselines and
+    pretrained encoders run as separate jobs on the same demos and evaluation seeds. Runs that share
+    a task share a table (cells a run did not evaluate show –); runs on other tasks get their own."""
+    tables: list[tuple[set[str], list[BenchmarkRow]]] = []
     for folder in folders:
         rows = load_rows(folder)
-        by_tasks.setdefault(tuple(dict.fromkeys(r.task for r in rows)), []).extend(rows)
+        tasks = {r.task for r in rows}
+        joined = [i for i, (other, _) in enumerate(tables) if other & tasks]
+        for i in reversed(joined[1:]):  # this run links tables that were apart
+            other, other_rows = tables.pop(i)
+            tables[joined[0]][0].update(other)
+            tables[joined[0]][1].extend(other_rows)
+        if joined:
+            tables[joined[0]][0].update(tasks)
+            tables[joined[0]][1].extend(rows)
+        else:
+            tables.append((tasks, rows))
     parts = []
-    for rows in by_tasks.values():
+    for _, rows in tables:
         verdicts = seed_range_verdicts(rows)
         parts += [markdown_table(rows)] + (["\n".join(verdicts)] if verdicts else [])
     return "\n\n".join(parts)
