@@ -348,6 +348,7 @@ class BenchmarkRow:
     train_seconds: float
     eval_seconds: float
     condition: str = "clean"  # the evaluation's visual condition (visual.BENCHMARK_CONDITIONS)
+    mean_return: float = float("nan")  # the env's reward summed per episode (PushT: coverage), meaned
 
 
 def _env_id(task: str) -> str:
@@ -446,7 +447,7 @@ def run_one(config: FrozenBenchmarkConfig, task: str, spec: str, demos: dict[str
                 task=task, encoder=spec, success_rate=result.success_rate,
                 success_ci95=wilson_interval(wins, len(result.successes)), successes=wins, episodes=len(result.successes),
                 final_bc_loss=losses[-1], feature_dim=feature_dim, train_seconds=train_seconds,
-                eval_seconds=result.seconds, condition=name,
+                eval_seconds=result.seconds, condition=name, mean_return=result.mean_return,
             )
         )
     return rows

@@ -210,6 +210,7 @@ def test_benchmark_end_to_end_tiny(tmp_path):
     ]
     assert all(r.episodes == 2 and 0.0 <= r.success_ci95[0] <= r.success_rate <= r.success_ci95[1] for r in rows)
     assert {r.feature_dim for r in rows} == {3 * 12 * 12, 512}
+    assert all(np.isfinite(r.mean_return) for r in rows)  # the reward, beside the success rate
     path = write_report(config, rows, "python run_frozen_encoder.py", "test machine")
     report = path.read_text()
     assert "| encoder | reach-v3 · clean | reach-v3 · hue_shift_third |" in report and "| hue_shift_third |" in report
