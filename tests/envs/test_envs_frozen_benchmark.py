@@ -224,7 +224,7 @@ def test_runs_written_apart_merge_into_one_table(tmp_path):
     from lerobot_env_vla_dino.frozen_benchmark import load_rows, merged_tables
 
     def row(task, encoder, wins):
-        return BenchmarkRow(task, encoder, wins / 4, (0.1, 0.9), wins, 4, 0.1, 64, 1.0, 2.0)
+        return BenchmarkRow(task, encoder, wins / 4, (0.1, 0.9), wins, 4, 0.1, 64, 1.0, 2.0, mean_return=wins / 2)
 
     runs = {"baselines": [row("reach-v3", "pixels", 1)], "ours": [row("reach-v3", "r=dino:a", 3)],
             "pusht": [row("vla_dino/PushT-v0", "pixels", 2)]}
