@@ -22,11 +22,11 @@ def main() -> None:
     parser.add_argument("folders", nargs="+", type=Path, help="run_frozen_encoder.py output folders")
     parser.add_argument("--out", type=Path, required=True, help="markdown file to write")
     args = parser.parse_args()
-    text = merged_tables(args.folders)
+    runs = [load_rows(folder) for folder in args.folders]
+    text = merged_tables(runs)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text + "\n")
-    rows = [asdict(row) for folder in args.folders for row in load_rows(folder)]
-    args.out.with_suffix(".json").write_text(json.dumps(rows, indent=2))
+    args.out.with_suffix(".json").write_text(json.dumps([asdict(row) for rows in runs for row in rows], indent=2))
     print(text)
 
 

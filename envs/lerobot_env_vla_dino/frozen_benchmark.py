@@ -565,13 +565,13 @@ def load_rows(folder: str | Path) -> list[BenchmarkRow]:
     return [BenchmarkRow(**{**row, "success_ci95": tuple(row["success_ci95"])}) for row in json.loads(path.read_text())]
 
 
-def merged_tables(folders: list[str | Path]) -> str:
-    """One `markdown_table` (and its `seed_range_verdicts`) over several runs, e.g. baselines and
-    pretrained encoders run as separate jobs on the same demos and evaluation seeds. Runs that share
-    a task share a table (cells a run did not evaluate show –); runs on other tasks get their own."""
+def merged_tables(runs: list[list[BenchmarkRow]]) -> str:
+    """One `markdown_table` (and its `seed_range_verdicts`) over the rows of several runs
+    (`load_rows`), e.g. baselines and pretrained encoders run as separate jobs on the same demos and
+    evaluation seeds. Runs that share a task share a table (cells a run did not evaluate show –);
+    runs on other tasks get their own."""
     tables: list[tuple[set[str], list[BenchmarkRow]]] = []
-    for folder in folders:
-        rows = load_rows(folder)
+    for rows in runs:
         tasks = {r.task for r in rows}
         joined = [i for i, (other, _) in enumerate(tables) if other & tasks]
         for i in reversed(joined[1:]):  # this run links tables that were apart
@@ -598,12 +598,13 @@ def write_report(config: FrozenBenchmarkConfig, rows: list[BenchmarkRow], comman
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps([asdict(r) for r in rows], indent=2))
     conditions = [BENCHMARK_CONDITIONS[c] for c in dict.fromkeys(r.condition for r in rows)]
+    verdicts = "\n".join(seed_range_verdicts(rows))
     report = [
         "# Frozen-encoder benchmark results",
         "",
         markdown_table(rows),
         "",
-        *[line + "\n" for line in ["\n".join(seed_range_verdicts(rows))] if line],
+        *([verdicts, ""] if verdicts else []),
         f"Cells: successes / episodes (95 % Wilson interval); {config.num_demos} demos per task"
         + (f" ({config.demo_varied_fraction:.0%} under random light/colour changes)" if config.demo_varied_fraction else "")
         + f", BC head {HIDDEN}, {config.history}-frame history, {config.num_eval} evaluation episodes per task and condition.",

@@ -232,12 +232,12 @@ def test_runs_written_apart_merge_into_one_table(tmp_path):
         (tmp_path / name).mkdir()
         (tmp_path / name / "results.json").write_text(json.dumps([asdict(r) for r in rows]))
     assert load_rows(tmp_path / "ours") == runs["ours"]  # the interval comes back as a tuple
-    first, second = merged_tables([tmp_path / n for n in runs]).split("\n\n")
+    first, second = merged_tables([load_rows(tmp_path / n) for n in runs]).split("\n\n")
     assert first.splitlines()[2:] == ["| `pixels` | 1/4 (0.10–0.90) | 0.25 |", "| `r=dino:a` | 3/4 (0.10–0.90) | 0.75 |"]
     assert second.splitlines()[0] == "| encoder | vla_dino/PushT-v0 | mean |"
     (tmp_path / "resnet").mkdir()  # a run on a subset of the tasks joins their table
     (tmp_path / "resnet" / "results.json").write_text(json.dumps([asdict(row("reach-v3", "resnet18_scratch", 2))]))
-    first, second = merged_tables([tmp_path / n for n in (*runs, "resnet")]).split("\n\n")
+    first, second = merged_tables([load_rows(tmp_path / n) for n in (*runs, "resnet")]).split("\n\n")
     assert first.splitlines()[-1] == "| `resnet18_scratch` | 2/4 (0.10–0.90) | 0.50 |" and "PushT" in second
     with pytest.raises(FileNotFoundError, match="no results.json"):
         load_rows(tmp_path)
