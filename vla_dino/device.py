@@ -1,4 +1,4 @@
-"""Device and precision names, resolved one way for every CLI and config.
+"""Device, precision and compile-mode names, resolved one way for every CLI and config.
 
 Precisions have one canonical short name (``fp32`` | ``bf16`` | ``fp16``); the torch spellings
 (``float32`` | ``bfloat16`` | ``float16``) are accepted too, so both existing flag styles keep working.
@@ -12,6 +12,8 @@ import torch
 
 PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _SPELLINGS = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+# torch.compile's modes, for the flags that pass one through (pretraining, the runtime)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def resolve_device(name: str = "auto", local_rank: int | None = None, flag: str = "--device") -> torch.device:

@@ -23,6 +23,7 @@ from vla_dino.pretrain.errors import DataError, ResumeError
 from vla_dino.pretrain.logger import read_metrics
 from vla_dino.pretrain.skips import read_skips
 from vla_dino.pretrain.train import train
+from vla_dino.ssl import SSLTrainer
 
 CLI_TIMEOUT = 240  # seconds: a hang fails the test instead of blocking the suite
 
@@ -121,16 +122,15 @@ def test_the_loop_agrees_on_stops_and_skips_in_one_collective_per_step(frames, t
 def test_a_signal_stops_the_run_before_the_fetched_batch(frames, tmp_path: Path, monkeypatch):
     """A signal during a step stops the run at the next step's agreement; the batch fetched for it is
     not trained on, and the checkpoint's position puts it first for the resume."""
-    import vla_dino.pretrain.train as train_module
+    real_step = SSLTrainer.step
 
-    real_log_step = train_module._log_step
-
-    def log_step(run, position, *args):
-        real_log_step(run, position, *args)
-        if position.step == 2:
+    def step(self, crops, index):
+        result = real_step(self, crops, index)
+        if index == 1:  # the signal arrives while the second step runs
             os.kill(os.getpid(), signal.SIGTERM)
+        return result
 
-    monkeypatch.setattr(train_module, "_log_step", log_step)
+    monkeypatch.setattr(SSLTrainer, "step", step)
     out = tmp_path / "run"
     result = train(tiny_config(frames, out, **{"train.steps": 6}))
     assert result.stopped_by == "SIGTERM" and result.step == 2

@@ -5,7 +5,7 @@ takes none of the distributed paths."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -22,6 +22,9 @@ class DistInfo:
     local_rank: int
     world_size: int
     device: torch.device
+    # The group for the loop's host-side agreements (stop signals, skip counts, RNG states): gloo beside
+    # an NCCL run, so they travel over CPU sockets and never queue behind the GPU's work; None: the default group.
+    host_group: Any = field(default=None, compare=False)
 
     @property
     def is_main(self) -> bool:
@@ -47,7 +50,10 @@ def init_distributed(device_request: str, backend: str) -> DistInfo:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None)
-    return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
+    host_group = None
+    if world_size > 1 and dist.get_backend() != "gloo":
+        host_group = dist.new_group(backend="gloo")
+    return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size, device=device, host_group=host_group)
 
 
 def cleanup() -> None:
@@ -64,17 +70,17 @@ def all_gather_objects(obj: Any, info: DistInfo) -> list[Any]:
     if not info.distributed:
         return [obj]
     gathered: list[Any] = [None] * info.world_size
-    dist.all_gather_object(gathered, obj)
+    dist.all_gather_object(gathered, obj, group=info.host_group)
     return gathered
 
 
 def any_ranks(flags: tuple[bool, ...], info: DistInfo) -> tuple[bool, ...]:
     """Each flag True on every rank if it is True on any (stop signals, unusable batches): one
-    all-reduce and one host read for all of them."""
+    all-reduce for all of them, on the host group (it does not wait for the device)."""
     if not info.distributed:
         return flags
-    tensor = torch.tensor([int(f) for f in flags], device=info.device if info.device.type == "cuda" else "cpu")
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    tensor = torch.tensor([int(f) for f in flags], device=_host_device(info))
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=info.host_group)
     return tuple(bool(v) for v in tensor.tolist())
 
 
@@ -92,9 +98,14 @@ def sum_ints(values: tuple[int, ...], info: DistInfo) -> tuple[int, ...]:
     """Element-wise sum over ranks (skip counters); collective when distributed."""
     if not info.distributed:
         return values
-    tensor = torch.tensor(values, dtype=torch.int64, device=info.device if info.device.type == "cuda" else "cpu")
-    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    tensor = torch.tensor(values, dtype=torch.int64, device=_host_device(info))
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=info.host_group)
     return tuple(int(v) for v in tensor.tolist())
+
+
+def _host_device(info: DistInfo) -> torch.device:
+    """Where a host-group collective's tensor lives: CPU for gloo, the GPU only in an NCCL-only set-up."""
+    return torch.device("cpu") if info.host_group is not None or info.device.type != "cuda" else info.device
 
 
 # ------------------------------------------------------------------ wrapping

@@ -52,7 +52,8 @@ from vla_dino.pretrain.monitor import CollapseMonitor, NonFiniteGuard
 from vla_dino.pretrain.probe import ProbeFrames, ProbeMonitor, hold_out_sources, load_probe_frames, pixel_retrieval, probe_teacher
 from vla_dino.pretrain.sampler import ResumableBatchSampler
 from vla_dino.pretrain.skips import SkipLog
-from vla_dino.ssl import MultiCropAugmentation, SSLModel, SSLTrainer, StepResult
+from vla_dino.ssl import MultiCropAugmentation, SSLModel, SSLTrainer
+from vla_dino.ssl.trainer import HostCopy, StepValues
 
 log = logging.getLogger("vla_dino.pretrain")
 
@@ -136,6 +137,7 @@ class _Run:
     stop_step: int
     min_frames: int  # KoLeo needs a nearest neighbour in the batch: a batch thinned to one frame is unusable
     empty_limit: int
+    last_read_at: float = 0.0  # when the loop last read a step's values back
     logger: MetricsLogger | None = None  # rank 0
     skip_log: SkipLog | None = None  # rank 0
     probe_logger: MetricsLogger | None = None  # rank 0, with probe frames
@@ -148,6 +150,7 @@ def _train(config: PretrainConfig, resume: str | None, info: D.DistInfo) -> RunR
     stop_signal = _StopSignal()
     stopped_by, last_saved = "finished", None
     empty_streak = 0
+    pending: _QueuedStep | None = None  # the step on the device whose values the host has not read yet
     run.model.train()
     if run.probe_frames is not None and not run.resumed:
         _run_probe(run, 0)  # the starting point (random init or the checkpoint) for the probe curve
@@ -161,9 +164,11 @@ def _train(config: PretrainConfig, resume: str | None, info: D.DistInfo) -> RunR
             signalled, short = D.any_ranks((stop_signal.received is not None, batch["frame"].shape[0] < run.min_frames), info)
             if signalled and not short:
                 position.epoch, position.batch_in_epoch = before  # fetched, not trained on: a resume takes it first
-            else:
-                _take_skips(run, batch, position.step)
+            elif short or signalled:
+                _take_skips(run, batch, position.step)  # a trained batch's skips are taken when its step is read
             if signalled:
+                _drain(run, pending, position, progress)
+                pending = None
                 last_saved = _save(run, position)
                 stopped_by = stop_signal.received or "signal"
                 break
@@ -171,6 +176,8 @@ def _train(config: PretrainConfig, resume: str | None, info: D.DistInfo) -> RunR
                 empty_streak += 1
                 run.skips.batches += 1
                 if empty_streak >= run.empty_limit:
+                    _drain(run, pending, position, progress)
+                    pending = None
                     last_saved = _save(run, position)
                     D.barrier(info)
                     raise DataError(
@@ -186,26 +193,28 @@ def _train(config: PretrainConfig, resume: str | None, info: D.DistInfo) -> RunR
             frames = batch["frame"].to(info.device, non_blocking=True)
             neighbors = batch["neighbor"].to(info.device, non_blocking=True) if config.data.neighbor_offset > 0 else None
             result = run.trainer.step(run.augment(frames, neighbors), position.step)
-            finite = bool(result.finite)  # the loop's one host read per step: the NaN guard decides before the next step
-            run.guard.record(finite, position.step)
-            if not finite and info.is_main:
-                log.warning("step %d: non-finite loss/gradients (loss=%s, grad_norm=%s); step skipped",
-                            position.step, float(result.loss), float(result.grad_norm))
+            start = TrainPosition(position.step, *before)
             position.step += 1
+            queued = _QueuedStep(result.to_host(), start, dataclasses.replace(position), batch, frames.shape[0], t0)
             progress.update(1)
-            _log_step(run, position, result, frames.shape[0], t0, progress)
 
-            # ------------------------------------------------------------ checkpoints and stops
+            # ------------------------------------------------------------ reading steps back, one late
+            # The host reads a step's values while the next step runs: reading them at once would leave the
+            # device idle while the host fetches and queues the next batch. The previous step is read now.
+            if pending is not None:
+                _settle(run, pending, progress)
+            pending = queued
             if run.guard.should_stop:
-                last_saved = _save(run, position)
-                D.barrier(info)
-                raise NonFiniteLossError(
-                    f"{run.guard.streak} consecutive non-finite steps (from step {run.guard.first_bad_step} to "
-                    f"{position.step - 1}); stopping. The weights and optimiser are the last good ones (no update was "
-                    f"applied since), saved to {last_saved or run.checkpoints.path_for(position.step)}. Lower "
-                    f"ssl.optim.base_lr, check the frames, or use train.precision=fp32, then continue with --resume."
-                )
-            if position.step % config.checkpoint.every_steps == 0 or position.step == run.stop_step:
+                # the previous step completed the streak, so the device skipped this one (SSLTrainer's halt):
+                # undo it, and a resume trains on its batch
+                position, pending = dataclasses.replace(start), None
+                _stop_on_nonfinite(run, position)
+            # Checkpoints and probes read the model after this step: read it back first.
+            save_due = position.step % config.checkpoint.every_steps == 0 or position.step == run.stop_step
+            if save_due or _probe_due(run, position.step):
+                _drain(run, pending, position, progress)
+                pending = None
+            if save_due:
                 last_saved = _save(run, position)
     finally:
         progress.close()
@@ -248,7 +257,8 @@ def _set_up(config: PretrainConfig, resume: str | None, info: D.DistInfo) -> tup
         _check_checkpoint_fits(state, model, config, state_path)
     forward_model = D.wrap_model(model, config.distributed.strategy, info, config.distributed.find_unused_parameters)
     precision = _resolve_precision(config.train.precision, device)
-    trainer = SSLTrainer(model, precision, forward=forward_model, any_rank=lambda flag: D.any_rank(flag, info))
+    trainer = SSLTrainer(model, precision, forward=forward_model, any_rank=lambda flag: D.any_rank(flag, info),
+                         max_nonfinite_steps=config.train.max_nonfinite_steps, compile=config.train.compile_options())
     run = _Run(
         config=config, info=info, out=out, resumed=state is not None, scan=scan, dataset=dataset, sampler=sampler,
         fingerprint=fingerprint, probe_frames=probe_frames, model=model, trainer=trainer, augment=augment,
@@ -273,6 +283,7 @@ def _resume(run: _Run, state: dict, path: Path | None) -> TrainPosition:
         trainer.scaler.load_state_dict(state["scaler"])
     epoch, batch_in_epoch = _resume_position(state, run.sampler, run.fingerprint, config, info)
     run.guard.streak = state["nonfinite_streak"]
+    trainer.set_nonfinite_streak(run.guard.streak)
     run.skips.samples_before = int(state.get("skipped_samples_total", 0))
     run.skips.batches_before = int(state.get("skipped_batches_total", 0))
     rng = state["rng"]
@@ -319,7 +330,58 @@ def _take_skips(run: _Run, batch: dict[str, Any], step: int) -> None:
     run.skips.samples += skipped
 
 
-def _log_step(run: _Run, position: TrainPosition, result: StepResult, num_frames: int, t0: float, progress: tqdm) -> None:
+@dataclass
+class _QueuedStep:
+    """A step queued on the device, its values on their way to the host (`StepResult.to_host`)."""
+
+    values: HostCopy
+    start: TrainPosition  # before the step (its batch not yet fetched)
+    end: TrainPosition  # after it
+    batch: dict[str, Any]  # its unreadable samples are counted when the step is read (an undone step never counts them)
+    num_frames: int
+    t0: float  # when its batch was fetched
+
+
+def _settle(run: _Run, queued: _QueuedStep, progress: tqdm) -> None:
+    """Wait for the step's values (not for the work queued after it), then the NaN guard, skips and logs."""
+    values = queued.values.wait()
+    step = queued.start.step
+    run.guard.record(values.finite, step)
+    if not values.finite and run.info.is_main:
+        log.warning("step %d: non-finite loss/gradients (loss=%s, grad_norm=%s); step skipped", step, values.loss,
+                    values.grad_norm)
+    _take_skips(run, queued.batch, step)
+    # wall time per step: since this step's batch was fetched or the previous step was read, whichever is later
+    now = time.perf_counter()
+    elapsed, run.last_read_at = now - max(queued.t0, run.last_read_at), now
+    _log_step(run, queued.end, values, queued.num_frames, elapsed, progress)
+
+
+def _drain(run: _Run, pending: _QueuedStep | None, position: TrainPosition, progress: tqdm) -> None:
+    """Read the step in flight (if any); stop if it completed a streak of non-finite steps."""
+    if pending is not None:
+        _settle(run, pending, progress)
+    if run.guard.should_stop:
+        _stop_on_nonfinite(run, position)
+
+
+def _stop_on_nonfinite(run: _Run, position: TrainPosition) -> None:
+    last_saved = _save(run, position)
+    D.barrier(run.info)
+    raise NonFiniteLossError(
+        f"{run.guard.streak} consecutive non-finite steps (from step {run.guard.first_bad_step} to "
+        f"{position.step - 1}); stopping. The weights and optimiser are the last good ones (no update was "
+        f"applied since), saved to {last_saved or run.checkpoints.path_for(position.step)}. Lower "
+        f"ssl.optim.base_lr, check the frames, or use train.precision=fp32, then continue with --resume."
+    )
+
+
+def _probe_due(run: _Run, step: int) -> bool:
+    every = run.config.log.probe_every_steps
+    return run.probe_frames is not None and (step % every == 0 or step == run.stop_step)
+
+
+def _log_step(run: _Run, position: TrainPosition, values: StepValues, num_frames: int, elapsed: float, progress: tqdm) -> None:
     """The metrics row (rank 0, every log.every_steps), the collapse monitor and the probe."""
     config, info, step, skips = run.config, run.info, position.step, run.skips
     log_step = step % config.log.every_steps == 0 or step == run.stop_step  # the same on every rank
@@ -328,12 +390,10 @@ def _log_step(run: _Run, position: TrainPosition, result: StepResult, num_frames
     skip_counts = D.sum_ints((skips.since_log, skips.samples, skips.batches), info) if log_step else None
     if log_step:
         skips.since_log = 0
-    # host copies of the metrics only on steps that use them (each is a device sync on GPU)
-    metrics = {k: float(v) for k, v in result.metrics.items()} if log_due or monitor_due else {}
+    metrics = values.metrics
     if log_due:
-        elapsed = time.perf_counter() - t0
-        row = {"loss": float(result.loss), **metrics, **{k: float(v) for k, v in result.schedule.items()}}
-        row.update(grad_norm=float(result.grad_norm), skipped_step=int(not bool(result.finite)), epoch=position.epoch,
+        row = {"loss": values.loss, **metrics, **{k: float(v) for k, v in values.schedule.items()}}
+        row.update(grad_norm=values.grad_norm, skipped_step=int(not values.finite), epoch=position.epoch,
                    step_time_s=elapsed, frames_per_s=num_frames * info.world_size / elapsed,
                    # unreadable samples since the previous row, and over the whole run
                    skipped_samples=skip_counts[0], skipped_samples_total=skips.samples_before + skip_counts[1],
@@ -345,7 +405,7 @@ def _log_step(run: _Run, position: TrainPosition, result: StepResult, num_frames
             message = f"step {step}: possible collapse: {problem}"
             log.warning(message)
             tqdm.write("WARNING " + message)
-    if run.probe_frames is not None and (step % config.log.probe_every_steps == 0 or step == run.stop_step):
+    if _probe_due(run, step):
         _run_probe(run, step)
 
 
@@ -545,7 +605,7 @@ def build_encoder(config: PretrainConfig) -> DinoEncoder:
 
 # -------------------------------------------------------------------- resume
 # Config fields whose change does not alter what a checkpoint means.
-_IGNORED = ("train.stop_at_step", "train.device", "data.num_workers", "data.check_files", "output_dir",
+_IGNORED = ("train.stop_at_step", "train.device", "train.compile", "train.compile_mode", "data.num_workers", "data.check_files", "output_dir",
             "log.", "export.", "checkpoint.")
 # Fields that decide the shapes and names of the saved tensors: named when a checkpoint does not fit.
 _ARCHITECTURE = ("model.", "ssl.heads.", "ssl.loss.centering", "ssl.loss.gram_weight", "ssl.loss.gram_refresh_steps",
