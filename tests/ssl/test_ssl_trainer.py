@@ -95,3 +95,65 @@ def test_a_good_step_is_torch_adamw_then_the_ema(step):
     assert bool(result.finite)
     for (name, ours), theirs in zip(model.state_dict().items(), reference.state_dict().values()):
         assert torch.allclose(ours, theirs, rtol=1e-5, atol=1e-6), name
+
+
+def _poison_from(monkeypatch, first_bad: int, last_bad: int | None = None) -> None:
+    """The loss turns NaN at steps first_bad..last_bad (inclusive; None: from then on)."""
+    forward = SSLModel.forward
+
+    def poisoned(self, batch, step):
+        output = forward(self, batch, step)
+        if step >= first_bad and (last_bad is None or step <= last_bad):
+            output.loss = output.loss * float("nan")
+        return output
+
+    monkeypatch.setattr(SSLModel, "forward", poisoned)
+
+
+def test_after_the_limit_of_non_finite_steps_the_device_skips_good_steps_too_until_reset(monkeypatch):
+    """The halt that lets the loop read a step one late: the step queued after the streak reached the
+    limit changes nothing, although its own loss is finite."""
+    model, crops = tiny()
+    trainer = SSLTrainer(model, max_nonfinite_steps=2)
+    trainer.step(crops, 0)
+    _poison_from(monkeypatch, 1, 2)  # steps 1 and 2 are bad: the limit
+    results = [trainer.step(crops, step) for step in (1, 2)]
+    before = copy.deepcopy(model.state_dict())
+    halted = trainer.step(crops, 3)  # finite, but halted
+    assert [bool(r.finite) for r in results] == [False, False] and bool(halted.finite)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    trainer.set_nonfinite_streak(2)  # a resume: the count goes on, the halt is lifted
+    trainer.step(crops, 4)
+    assert any(not torch.equal(value, before[key]) for key, value in model.state_dict().items())
+
+
+def test_to_host_gives_the_step_values_as_numbers():
+    model, crops = tiny()
+    result = SSLTrainer(model).step(crops, 1)
+    values = result.to_host().wait()
+    assert values.finite is True and values.loss == pytest.approx(float(result.loss))
+    assert values.grad_norm == pytest.approx(float(result.grad_norm))
+    assert values.metrics == pytest.approx({k: float(v) for k, v in result.metrics.items()})
+    assert values.schedule == result.schedule
+
+
+def test_a_compiled_step_matches_the_eager_step():
+    """train.compile: student and teacher compiled in place (same state-dict keys), no graph break in
+    their forward, and the same weights after three steps. aot_eager traces exactly what inductor
+    compiles without its minute of C++ code generation on this CPU."""
+    import torch._dynamo
+
+    states = []
+    for options in (None, {"backend": "aot_eager", "fullgraph": True}):
+        torch._dynamo.reset()
+        model, crops = tiny()
+        trainer = SSLTrainer(model, compile=options)
+        torch.manual_seed(1)
+        for step in range(3):
+            assert bool(trainer.step(crops, step).finite)
+        states.append(model.state_dict())
+    eager, compiled = states
+    assert list(eager) == list(compiled)
+    for key, value in eager.items():
+        torch.testing.assert_close(compiled[key], value, rtol=1e-5, atol=1e-5, msg=key)

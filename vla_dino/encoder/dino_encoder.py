@@ -272,15 +272,22 @@ class DinoEncoder(nn.Module):
             return torch.cat([block.drop_path(p.view(n, s, -1)).flatten(0, 1) for p, (n, s) in zip(x.split(sizes), shapes)])
 
         attn = block.attention
+        if hasattr(attn, "q_proj"):  # transformers >= 5.2x: one Dinov2Attention with q/k/v/o projections
+            project, output = (attn.q_proj, attn.k_proj, attn.v_proj), attn.o_proj
+            head_dim, scale, dropout = attn.head_dim, attn.scaling, attn.attention_dropout
+        else:  # 5.1x (e.g. 5.17): Dinov2SelfAttention (query/key/value) + Dinov2SelfOutput (dense, dropout)
+            inner = attn.attention
+            project, output = (inner.query, inner.key, inner.value), lambda x: attn.output(x, None)
+            head_dim, scale, dropout = inner.attention_head_size, inner.scaling, inner.dropout_prob
         normed = block.norm1(hidden)
-        q, k, v = attn.q_proj(normed), attn.k_proj(normed), attn.v_proj(normed)
-        dropout = attn.attention_dropout if attn.training else 0.0
+        q, k, v = (linear(normed) for linear in project)
+        dropout = dropout if attn.training else 0.0
         outputs = []
         for qi, ki, vi, (n, s) in zip(q.split(sizes), k.split(sizes), v.split(sizes), shapes):
-            qi, ki, vi = (t.view(n, s, -1, attn.head_dim).transpose(1, 2) for t in (qi, ki, vi))
-            out = nn.functional.scaled_dot_product_attention(qi, ki, vi, dropout_p=dropout, scale=attn.scaling)
+            qi, ki, vi = (t.view(n, s, -1, head_dim).transpose(1, 2) for t in (qi, ki, vi))
+            out = nn.functional.scaled_dot_product_attention(qi, ki, vi, dropout_p=dropout, scale=scale)
             outputs.append(out.transpose(1, 2).reshape(n * s, -1))
-        hidden = drop_path(block.layer_scale1(attn.o_proj(torch.cat(outputs)))) + hidden
+        hidden = drop_path(block.layer_scale1(output(torch.cat(outputs)))) + hidden
         return drop_path(block.layer_scale2(block.mlp(block.norm2(hidden)))) + hidden
 
     @torch.no_grad()
