@@ -119,6 +119,29 @@ def test_the_loop_agrees_on_stops_and_skips_in_one_collective_per_step(frames, t
     assert result.step == 5 and agreed == [(False, False)] * 5
 
 
+def test_the_loop_reads_each_step_back_while_the_next_one_runs(frames, tmp_path: Path, monkeypatch):
+    """No host wait per step: step i's values are read only after step i + 1 is queued, except where
+    the model must be read right after the step (here the end of the run, a checkpoint)."""
+    import vla_dino.pretrain.train as train_module
+
+    events = []
+    real_step, real_settle = SSLTrainer.step, train_module._settle
+
+    def step(self, crops, index):
+        events.append(("queue", index))
+        return real_step(self, crops, index)
+
+    def settle(run, queued, progress):
+        events.append(("read", queued.start.step))
+        real_settle(run, queued, progress)
+
+    monkeypatch.setattr(SSLTrainer, "step", step)
+    monkeypatch.setattr(train_module, "_settle", settle)
+    train(tiny_config(frames, tmp_path / "run", **{"train.steps": 5}))
+    assert events == [("queue", 0), ("queue", 1), ("read", 0), ("queue", 2), ("read", 1), ("queue", 3), ("read", 2),
+                      ("queue", 4), ("read", 3), ("read", 4)]
+
+
 def test_a_signal_stops_the_run_before_the_fetched_batch(frames, tmp_path: Path, monkeypatch):
     """A signal during a step stops the run at the next step's agreement; the batch fetched for it is
     not trained on, and the checkpoint's position puts it first for the resume."""

@@ -181,3 +181,16 @@ def test_two_process_gloo_run(frames, tmp_path: Path):
     rows = read_metrics(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3] and all(isinstance(r["loss"], float) for r in rows)
     assert "1 process" not in result.stderr and "2 process(es)" in result.stderr
+
+
+def test_train_compile_compiles_student_and_teacher_in_place(frames, tmp_path: Path, monkeypatch):
+    """train.compile reaches torch.compile for both networks with the mode asked for (the compiled
+    step itself is checked against eager in tests/ssl/test_ssl_trainer.py)."""
+    compiled = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **options: compiled.append((type(self).__name__, options)))
+    config = tiny_config(frames, tmp_path / "run", **{"train.steps": 1, "train.compile": True,
+                                                      "train.compile_mode": "max-autotune-no-cudagraphs"})
+    train(config)
+    assert compiled == [("SSLNetwork", {"mode": "max-autotune-no-cudagraphs"})] * 2
+    with pytest.raises(ValueError, match=r"train.compile_mode must be default\|reduce-overhead.*\(got 'fast'\)"):
+        tiny_config(frames, tmp_path / "bad", **{"train.compile_mode": "fast"})
