@@ -8,10 +8,12 @@ Same encoder weights, same crops and masks, same batch, one process. The lightly
 what they learn). Prints a table with
 median step time and peak memory (CUDA only; CPU has no allocator peak to read) and the
 ratio peer / ours; the "packed" row is ours with `optim.pack_crops` (the student's global and
-local crops through the backbone in one pass, `DinoEncoder.forward_packed`). Needs `pip install lightly` (used with --no-deps is enough: only
-lightly.loss / lightly.models are imported).
+local crops through the backbone in one pass, `DinoEncoder.forward_packed`). `--compile` adds the Sinkhorn-Knopp
+rows again with `train.compile` (student and teacher through `torch.compile`; the warm-up steps compile, so give
+it `--warmup 3` or more). Needs `pip install lightly` (used with --no-deps is enough: only lightly.loss /
+lightly.models are imported).
 
-    python benchmarks/bench_ssl_step.py --device cuda --size vits14 --batch 64
+    python benchmarks/bench_ssl_step.py --device cuda --size vits14 --batch 64 --bf16 --compile
     python benchmarks/bench_ssl_step.py --device cpu --size small-test --batch 16 --global-size 56 --local-size 28 --prototypes 4096
 """
 
@@ -44,9 +46,10 @@ def make_config(args: argparse.Namespace, centering: str, pack_crops: bool = Fal
 class OursStep:
     name = "vla_dino.ssl"
 
-    def __init__(self, encoder: DinoEncoder, config: SSLConfig, steps: int) -> None:
+    def __init__(self, encoder: DinoEncoder, config: SSLConfig, steps: int, compile: dict | None = None) -> None:
         model = SSLModel(config, encoder, total_steps=steps).to(next(encoder.parameters()).device).train()
-        self.trainer = SSLTrainer(model)  # fp32 inside: --bf16 wraps both implementations' whole step alike
+        # fp32 inside: --bf16 wraps both implementations' whole step alike
+        self.trainer = SSLTrainer(model, compile=compile)
 
     def step(self, batch: MultiCropBatch, step: int) -> StepResult:
         """The pretraining loop's step (`SSLTrainer.step`: non-finite guard and grad scaler included)."""
@@ -84,6 +87,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast around both steps (CUDA)")
+    parser.add_argument("--compile", action="store_true", help="add our Sinkhorn-Knopp rows with torch.compile")
+    parser.add_argument("--compile-mode", default="default", help="torch.compile mode of the compiled rows")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -101,13 +106,18 @@ def main() -> None:
     augment_s = time.perf_counter() - start
 
     rows = []
-    runs = [("lightly (softmax centering)", LightlyStep, "softmax", False),
-            ("ours (softmax centering)", OursStep, "softmax", False),
-            ("ours (Sinkhorn-Knopp)", OursStep, "sinkhorn", False),
-            ("ours (Sinkhorn-Knopp, packed)", OursStep, "sinkhorn", True)]
-    for label, cls, centering, pack_crops in runs:
+    compiled = {"mode": args.compile_mode}
+    runs = [("lightly (softmax centering)", LightlyStep, "softmax", False, None),
+            ("ours (softmax centering)", OursStep, "softmax", False, None),
+            ("ours (Sinkhorn-Knopp)", OursStep, "sinkhorn", False, None),
+            ("ours (Sinkhorn-Knopp, packed)", OursStep, "sinkhorn", True, None)]
+    if args.compile:
+        runs += [("ours (Sinkhorn-Knopp, compiled)", OursStep, "sinkhorn", False, compiled),
+                 ("ours (SK, packed, compiled)", OursStep, "sinkhorn", True, compiled)]
+    for label, cls, centering, pack_crops, compile_options in runs:
         encoder = copy.deepcopy(base).to(device)
-        step_fn = cls(encoder, make_config(args, centering, pack_crops), steps=1000)
+        config = make_config(args, centering, pack_crops)
+        step_fn = cls(encoder, config, steps=1000) if compile_options is None else cls(encoder, config, 1000, compile_options)
         autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
         with autocast:
             seconds, peak = measure(step_fn, batch, device, args.warmup, args.iters)
@@ -117,7 +127,7 @@ def main() -> None:
             torch.cuda.empty_cache()
 
     print(f"device {device}, encoder {args.size}, batch {args.batch} (2×{args.global_size}² + {args.num_local}×{args.local_size}²), "
-          f"K={args.prototypes}, bf16={args.bf16}, median of {args.iters}")
+          f"K={args.prototypes}, bf16={args.bf16}, median of {args.iters} after {args.warmup} warm-up steps")
     print(f"multi-crop augmentation of the batch on {device}: {augment_s * 1000:.1f} ms")
     peer_time, peer_mem = rows[0][1], rows[0][2]
     print(f"{'implementation':32s} {'step ms':>10s} {'peak MiB':>10s} {'time ratio peer/ours':>22s} {'mem ratio peer/ours':>20s}")
