@@ -36,6 +36,13 @@ class MultiCropBatch:
     global_crops: torch.Tensor  # (2B, 3, G, G) normalised
     local_crops: torch.Tensor  # (L·B, 3, l, l) normalised; L may be 0
     masks: torch.Tensor  # (2B, (G/p)²) bool, for the student's global crops
+    # Flat indices of the masked patches (`masks.flatten().nonzero()`, row-major), made where the masks are made:
+    # on the host, because `nonzero` of a GPU tensor waits for the GPU. Computed from `masks` when not given.
+    mask_index: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.mask_index is None:
+            self.mask_index = self.masks.flatten().nonzero().squeeze(1)
 
     @property
     def batch_size(self) -> int:
@@ -46,14 +53,13 @@ class MultiCropBatch:
         return self.local_crops.shape[0] // self.batch_size
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "MultiCropBatch":
-        return MultiCropBatch(
-            self.global_crops.to(device, non_blocking=non_blocking),
-            self.local_crops.to(device, non_blocking=non_blocking),
-            self.masks.to(device, non_blocking=non_blocking),
-        )
+        return MultiCropBatch(*(t.to(device, non_blocking=non_blocking) for t in self._tensors()))
 
     def pin_memory(self) -> "MultiCropBatch":
-        return MultiCropBatch(self.global_crops.pin_memory(), self.local_crops.pin_memory(), self.masks.pin_memory())
+        return MultiCropBatch(*(t.pin_memory() for t in self._tensors()))
+
+    def _tensors(self) -> tuple[torch.Tensor, ...]:
+        return self.global_crops, self.local_crops, self.masks, self.mask_index
 
 
 def random_resized_boxes(
@@ -163,5 +169,8 @@ class MultiCropAugmentation:
             local_crops = self._normalise(self._photometric(local, c.blur_prob_local, 0.0))
         else:
             local_crops = global_crops.new_zeros((0, 3, c.local_size, c.local_size))
-        masks = sample_masks(2 * batch, self.grid, self.masking).to(device)
-        return MultiCropBatch(global_crops, local_crops, masks)
+        # Masks are drawn on the host (numpy); the copies do not wait for the device (pageable memory is staged).
+        masks = sample_masks(2 * batch, self.grid, self.masking)
+        mask_index = masks.flatten().nonzero().squeeze(1)
+        return MultiCropBatch(global_crops, local_crops, masks.to(device, non_blocking=True),
+                              mask_index.to(device, non_blocking=True))

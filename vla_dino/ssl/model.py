@@ -156,7 +156,7 @@ class SSLModel(nn.Module):
         if masks.shape[0] != crops.shape[0]:
             raise ValueError(f"masks for {masks.shape[0]} crops, global crops {crops.shape[0]}")
         use_ibot = cfg.ibot_weight > 0
-        mask_index = masks.flatten().nonzero().squeeze(1) if use_ibot else None
+        mask_index = batch.mask_index if use_ibot else None
         temperature = self.schedules.teacher_temp(step)
 
         with torch.no_grad():
@@ -170,7 +170,7 @@ class SSLModel(nn.Module):
         total = cfg.dino_weight * (dino_local + dino_global)
         metrics = {"dino_local": dino_local, "dino_global": dino_global}
         if use_ibot:
-            metrics["ibot"] = ibot_loss(student.ibot, ibot_targets, masks, cfg.student_temp)
+            metrics["ibot"] = ibot_loss(student.ibot, ibot_targets, masks, cfg.student_temp, mask_index)
             total = total + cfg.ibot_weight * metrics["ibot"]
         if cfg.koleo_weight > 0:
             # Sum over the two global crops: no KoLeo between two crops of one image.
@@ -208,9 +208,11 @@ class SSLModel(nn.Module):
         teacher = list(self.teacher.parameters())
         student = [p.detach() for p in self.student.parameters()]
         weight = 1.0 - momentum
-        if skip is not None:
+        if skip is None:
+            torch._foreach_lerp_(teacher, student, weight)
+        else:  # a tensor weight per parameter: a single tensor would bind to the Scalar overload, read on the host
             weight = (~skip).to(teacher[0].dtype) * weight
-        torch._foreach_lerp_(teacher, student, weight)
+            torch._foreach_lerp_(teacher, student, [weight] * len(teacher))
         refresh = self.config.loss.gram_refresh_steps
         if self.gram_reference is not None and refresh > 0 and step > 0 and step % refresh == 0:
             self.gram_reference.load_state_dict(self.teacher.backbone.state_dict())

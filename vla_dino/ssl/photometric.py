@@ -135,10 +135,12 @@ def random_blur(images: torch.Tensor, prob: float, sigma_range: tuple[float, flo
     """Blur the images drawn with probability `prob`, σ ~ U(sigma_range) each."""
     if prob <= 0:
         return images
-    chosen = (_rand(images.shape[0], images.device) < prob).nonzero().flatten()
+    # drawn on the host: `nonzero` and the emptiness check of a GPU tensor would wait for the GPU
+    chosen = (_rand(images.shape[0], torch.device("cpu")) < prob).nonzero().flatten()
     if chosen.numel() == 0:
         return images
-    sigma = _rand(chosen.numel(), images.device, *sigma_range)
+    sigma = _rand(chosen.numel(), torch.device("cpu"), *sigma_range).to(images.device, non_blocking=True)
+    chosen = chosen.to(images.device, non_blocking=True)
     images = images.clone()
     images[chosen] = gaussian_blur(images[chosen], sigma, kernel_size)
     return images

@@ -7,14 +7,19 @@ import torch
 from vla_dino.ssl.losses.dino import cross_entropy
 
 
-def masked_patch_weights(masks: torch.Tensor) -> torch.Tensor:
-    """For every masked patch (in `masks.nonzero()` order) the weight 1 / n_masked(its image)."""
+def masked_patch_weights(masks: torch.Tensor, mask_index: torch.Tensor | None = None) -> torch.Tensor:
+    """For every masked patch (in `masks.nonzero()` order) the weight 1 / n_masked(its image).
+    `mask_index`: `masks.flatten().nonzero()` when the caller has it (`MultiCropBatch.mask_index`, made on
+    the host): `nonzero` of a GPU tensor waits for the GPU."""
+    if mask_index is None:
+        mask_index = masks.flatten().nonzero().squeeze(1)
     per_image = 1.0 / masks.sum(dim=-1, dtype=torch.float32).clamp(min=1.0)
-    return per_image.unsqueeze(-1).expand_as(masks)[masks]
+    return per_image.unsqueeze(-1).expand_as(masks).reshape(-1).index_select(0, mask_index)
 
 
 def ibot_loss(
-    student_logits: torch.Tensor, targets: torch.Tensor, masks: torch.Tensor, student_temp: float
+    student_logits: torch.Tensor, targets: torch.Tensor, masks: torch.Tensor, student_temp: float,
+    mask_index: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """L_iBOT = (1 / N_img) Σ_i (1 / n_i) Σ_{p masked in i} H(t_p, s_p).
 
@@ -22,7 +27,7 @@ def ibot_loss(
     row-major `masks.nonzero()` order; images without a mask count in N_img with 0 loss
     (as upstream, which divides by all global crops).
     """
-    weights = masked_patch_weights(masks)
+    weights = masked_patch_weights(masks, mask_index)
     if weights.shape[0] != student_logits.shape[0]:
         raise ValueError(f"{student_logits.shape[0]} masked-patch logits for {weights.shape[0]} masked patches")
     return (cross_entropy(student_logits, targets, student_temp) * weights).sum() / masks.shape[0]
