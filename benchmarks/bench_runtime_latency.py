@@ -10,6 +10,10 @@ measured with :class:`~vla_dino.runtime.chunking.ControlLoop` running one infere
     python benchmarks/bench_runtime_latency.py                      # CPU, tiny vla_dino policy (< 1 min)
     python benchmarks/bench_runtime_latency.py --device cuda --preset vla_dino-moonshot --dtype bf16
     python benchmarks/bench_runtime_latency.py --checkpoint outputs/train/x/checkpoints/last/pretrained_model
+    python benchmarks/bench_runtime_latency.py --fuse-qkv both      # runtime rows with and without fused QKV
+
+``--fuse-qkv both`` builds two runtimes of the same checkpoint (``RuntimeConfig.fuse_qkv`` off / on), times
+them interleaved with the eager row and prints the ratio of their p50s.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ from machine import machine_name  # benchmarks/machine.py (this script's folder)
 from vla_dino.runtime.chunking import ControlConfig, ControlLoop
 from vla_dino.runtime.loading import lerobot_predict_chunk, load_policy
 from vla_dino.runtime.random_checkpoint import TINY_ACT, write_random_checkpoint
-from vla_dino.runtime.runtime import COMPILE_MODES, PolicyRuntime, RuntimeConfig
+from vla_dino.device import COMPILE_MODES
+from vla_dino.runtime.runtime import PolicyRuntime, RuntimeConfig
 
 
 def vla_dino_preset(dino: str, siglip: str | None, image_size: int, **head: object) -> dict:
@@ -43,10 +48,15 @@ def vla_dino_preset(dino: str, siglip: str | None, image_size: int, **head: obje
 PRESETS: dict[str, Callable[[], dict]] = {
     "act-tiny": lambda: dict(policy_type="act", image_size=96, **TINY_ACT),
     "vla_dino-tiny": lambda: vla_dino_preset("tiny", None, 56, dim_model=32, n_heads=2, dim_feedforward=64, n_decoder_layers=1),
+    # the moonshot's layout (DINOv2 reg + SigLIP, fused projector) at test size, for CPU checks
+    "vla_dino-tiny-siglip": lambda: vla_dino_preset("tiny_reg", "tiny", 56, dim_model=32, n_heads=2, dim_feedforward=64, n_decoder_layers=1),
     "vla_dino-vits14_reg": lambda: vla_dino_preset("vits14_reg", None, 224, dim_model=256, n_heads=8, dim_feedforward=1024, n_decoder_layers=2),
     # The issue's target: DINOv2-L/14 reg + SigLIP so400m at 224², OpenVLA's fused projector, ACT-style decoder head.
     "vla_dino-moonshot": lambda: vla_dino_preset("vitl14_reg", "so400m", 224),
 }
+
+
+FUSE_QKV_CHOICES = {"on": (True,), "off": (False,), "both": (False, True)}
 
 
 def time_interleaved(fns: list[Callable[[], object]], warmup: int, iters: int) -> list[np.ndarray]:
@@ -81,6 +91,9 @@ def main() -> None:
     parser.add_argument("--no-capture-processors", action="store_true", help="CUDA graph of the policy forward only")
     parser.add_argument("--profile", action="store_true", help="also print the runtime's per-stage breakdown")
     parser.add_argument("--no-cuda-graphs", action="store_true")
+    parser.add_argument("--fuse-qkv", default="on", choices=FUSE_QKV_CHOICES,
+                        help="fused q/k/v attention in the vision towers (RuntimeConfig.fuse_qkv); both: one runtime each")
+    parser.add_argument("--channels-last", action="store_true", help="channels-last patch-embedding convs (RuntimeConfig.channels_last)")
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--fps", type=float, default=30.0, help="target rate of the async control-loop row")
@@ -100,20 +113,25 @@ def main() -> None:
             name = f"{args.preset} (random init)"
 
         policy, pre, post = load_policy(path, device)
-        runtime = PolicyRuntime.from_pretrained(
-            path,
-            RuntimeConfig(device=args.device, dtype=args.dtype, cast_weights=args.cast_weights, compile=args.compile,
-                          compile_mode=args.compile_mode, cuda_graphs=not args.no_cuda_graphs,
-                          capture_processors=not args.no_capture_processors, warmup_iters=args.warmup),
-        )
+        runtimes = {  # fuse_qkv → runtime; the last one is profiled and runs the control loop
+            fuse: PolicyRuntime.from_pretrained(
+                path,
+                RuntimeConfig(device=args.device, dtype=args.dtype, cast_weights=args.cast_weights, compile=args.compile,
+                              compile_mode=args.compile_mode, cuda_graphs=not args.no_cuda_graphs,
+                              capture_processors=not args.no_capture_processors, warmup_iters=args.warmup,
+                              fuse_qkv=fuse, channels_last=args.channels_last),
+            )
+            for fuse in FUSE_QKV_CHOICES[args.fuse_qkv]
+        }
+        runtime = runtimes[FUSE_QKV_CHOICES[args.fuse_qkv][-1]]
         observation = runtime._synthetic_observation(runtime.spec.inputs, seed=0)
         params = sum(p.numel() for p in policy.parameters()) / 1e6
 
         eager = lambda: lerobot_predict_chunk(policy, pre, post, observation, device)  # noqa: E731
-        candidates = [
-            ("eager LeRobot, fp32", eager, lambda obs: eager()),
-            (f"vla_dino runtime, {runtime.dtype}", lambda: runtime.predict_chunk(observation), runtime.predict_chunk),
-        ]
+        candidates = [("eager LeRobot, fp32", eager, lambda obs: eager())]
+        for fuse, each in runtimes.items():
+            label = f"vla_dino runtime, {each.dtype}, {'fused' if fuse else 'unfused'} QKV"
+            candidates.append((label, lambda each=each: each.predict_chunk(observation), each.predict_chunk))
         all_times = time_interleaved([fn for _, fn, _ in candidates], args.warmup, args.iters)
         rows = []
         for (label, _, predict), times in zip(candidates, all_times):
@@ -122,7 +140,8 @@ def main() -> None:
 
         reference = eager()
         stages = runtime.profile(observation, iters=args.iters) if args.profile else None
-        diff = float(np.abs(runtime.predict_chunk(observation) - reference).max())
+        diffs = {fuse: float(np.abs(each.predict_chunk(observation) - reference).max()) for fuse, each in runtimes.items()}
+        diff = diffs[FUSE_QKV_CHOICES[args.fuse_qkv][-1]]
         stats = ControlLoop(runtime.predict_chunk, lambda: observation, lambda a: None,
                             ControlConfig(fps=args.fps, scheduler="ensemble")).run(args.loop_steps)
         del policy
@@ -131,21 +150,30 @@ def main() -> None:
     print(f"policy:  {name}: {params:.1f} M params, inputs {[(s.name, s.shape) for s in runtime.spec.inputs]}, "
           f"chunk {runtime.spec.chunk_size}x{runtime.spec.action_dim}")
     print(f"runtime: {'; '.join(runtime.notes)}")
-    print(f"runtime vs eager max |Δaction| = {diff:.3g} (max |action| {np.abs(reference).max():.3g})\n")
+    if len(runtimes) > 1:
+        print(f"runtime (unfused QKV): {'; '.join(runtimes[False].notes)}")
+    for fuse, value in diffs.items():
+        print(f"runtime ({'fused' if fuse else 'unfused'} QKV) vs eager max |Δaction| = {value:.3g} "
+              f"(max |action| {np.abs(reference).max():.3g})")
+    print()
     if stages:
         print("runtime stages (ms, mean; eager stages with a device sync after each):")
         print("  " + "  ".join(f"{name} {value:.2f}" for name, value in stages.items()) + "\n")
-    header = f"{'pipeline (batch 1, end to end)':<34}{'p50 ms':>9}{'p99 ms':>9}{'mean ms':>9}{'sync Hz':>9}"
+    header = f"{'pipeline (batch 1, end to end)':<38}{'p50 ms':>9}{'p99 ms':>9}{'mean ms':>9}{'sync Hz':>9}"
     print(header + "\n" + "-" * len(header))
     for row in rows:
-        print(f"{row['name']:<34}{row['p50_ms']:>9.2f}{row['p99_ms']:>9.2f}{row['mean_ms']:>9.2f}{row['sustained_hz']:>9.1f}")
-    speedup = rows[0]["p50_ms"] / rows[1]["p50_ms"]
+        print(f"{row['name']:<38}{row['p50_ms']:>9.2f}{row['p99_ms']:>9.2f}{row['mean_ms']:>9.2f}{row['sustained_hz']:>9.1f}")
+    speedup = rows[0]["p50_ms"] / rows[-1]["p50_ms"]
     print(f"\nspeed-up (eager p50 / runtime p50): {speedup:.2f}x")
+    fuse_speedup = rows[1]["p50_ms"] / rows[2]["p50_ms"] if len(rows) == 3 else None
+    if fuse_speedup is not None:
+        print(f"fused QKV speed-up (unfused runtime p50 / fused runtime p50): {fuse_speedup:.3f}x")
     print(f"async control loop at {args.fps:g} Hz target (temporal ensembling): {stats.achieved_hz:.1f} Hz achieved, "
           f"{stats.chunks} chunks over {stats.steps} ticks, {stats.starved_steps} starved, {stats.late_ticks} late")
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": machine_name(device), "policy": name, "rows": rows, "speedup_p50": speedup,
-                                               "notes": runtime.notes, "max_abs_diff": diff, "stages_ms": stages,
+                                               "notes": runtime.notes, "max_abs_diff": diff,
+                                               "fuse_qkv_speedup_p50": fuse_speedup, "stages_ms": stages,
                                                "control_loop": {"target_hz": args.fps, "achieved_hz": stats.achieved_hz,
                                                                 "starved": stats.starved_steps, "late": stats.late_ticks}}, indent=2))
 

@@ -29,14 +29,17 @@ encoder)
 core)
   bench ssl_step_vits14 150 python benchmarks/bench_ssl_step.py --device cuda --size vits14 --batch 64 --bf16
   bench mfu_vits_vitb_vitl 240 python benchmarks/bench_mfu.py --device cuda --sizes vits14 vitb14 vitl14 --batch 64 --precision bf16
-  bench pretrain_throughput 150 python benchmarks/bench_pretrain_throughput.py --device cuda --preset vits14_scratch --sizes vits14 vitb14 --batch-sizes 64
+  # model table, then frames/s per data stage (nvJPEG decode, pinned/prefetched copies) and supply ÷ consumption
+  bench pretrain_throughput 200 python benchmarks/bench_pretrain_throughput.py --device cuda --preset vits14_scratch --sizes vits14 vitb14 --batch-sizes 64
+  # the CUDA branches of DevicePrefetcher and JpegBatchDecoder (skipped on CPU machines)
+  bench data_device_tests 180 python -m pytest -q -p no:cacheprovider tests/data/test_data_prefetch.py tests/data/test_data_jpeg_decode.py
   ;;
 policy)
   bench policy_224 200 python benchmarks/bench_policy.py --device cuda --image-size 224 --batch 32 --dino vitl14_reg
   ;;
-runtime)
-  bench runtime_moonshot_bf16 240 python benchmarks/bench_runtime_latency.py --device cuda --preset vla_dino-moonshot --dtype bf16 --cast-weights
-  bench runtime_moonshot_bf16_compile 300 python benchmarks/bench_runtime_latency.py --device cuda --preset vla_dino-moonshot --dtype bf16 --compile --cast-weights
+runtime)  # --fuse-qkv both: runtime rows without and with fused QKV attention in one process, and their p50 ratio
+  bench runtime_moonshot_bf16 240 python benchmarks/bench_runtime_latency.py --device cuda --preset vla_dino-moonshot --dtype bf16 --cast-weights --fuse-qkv both
+  bench runtime_moonshot_bf16_compile 420 python benchmarks/bench_runtime_latency.py --device cuda --preset vla_dino-moonshot --dtype bf16 --compile --cast-weights --fuse-qkv both
   ;;
 runtime-eager)  # the runtime without torch.compile (CUDA graphs of the eager pipeline)
   bench runtime_moonshot_bf16 240 python benchmarks/bench_runtime_latency.py --device cuda --preset vla_dino-moonshot --dtype bf16 --cast-weights

@@ -16,6 +16,7 @@ from vla_dino.encoder import DinoEncoder
 from vla_dino.pretrain.export import export_checkpoint, main as export_main, teacher_from_checkpoint
 from vla_dino.pretrain.checkpoint import load_checkpoint
 from vla_dino.pretrain.config import load_config, preset_path
+from vla_dino.pretrain.errors import ConfigError
 from vla_dino.pretrain.logger import read_metrics
 from vla_dino.pretrain.train import NonFiniteLossError, train
 from vla_dino.ssl import SSLModel
@@ -194,3 +195,8 @@ def test_train_compile_compiles_student_and_teacher_in_place(frames, tmp_path: P
     assert compiled == [("SSLNetwork", {"mode": "max-autotune-no-cudagraphs"})] * 2
     with pytest.raises(ValueError, match=r"train.compile_mode must be default\|reduce-overhead.*\(got 'fast'\)"):
         tiny_config(frames, tmp_path / "bad", **{"train.compile_mode": "fast"})
+
+
+def test_gpu_jpeg_decode_on_a_cpu_run_is_refused(frames, tmp_path: Path):
+    with pytest.raises(ConfigError, match="data.decode_device=cuda .* trains on cpu"):
+        train(tiny_config(frames, tmp_path / "run", **{"data.decode_device": "cuda", "train.device": "cpu"}))

@@ -3,6 +3,7 @@
 
 from vla_dino.adapter.backbone import FusedBackbone
 from vla_dino.adapter.config import TowerConfig, VisionTokenizerConfig
+from vla_dino.adapter.inference import channels_last_patch_embeddings, fuse_qkv
 from vla_dino.adapter.pooling import AttentionPool, Pool2x2
 from vla_dino.adapter.projector import build_projector
 from vla_dino.adapter.tokenizer import VisionTokenizer, VisionTokens
@@ -36,4 +37,6 @@ __all__ = [
     "build_projector",
     "Pool2x2",
     "AttentionPool",
+    "fuse_qkv",
+    "channels_last_patch_embeddings",
 ]

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".webm")
@@ -90,6 +92,15 @@ def _to_uint8(array: np.ndarray, where: str) -> np.ndarray:
     raise FrameReadError(f"{where}: dtype {array.dtype}; expected uint8, uint16 or float in [0, 1]")
 
 
+def square_crop(height: int, width: int, size: int) -> tuple[int, int, int, int]:
+    """(top, left, side, factor) for `square_resize`: the centre square of side min(H, W), trimmed by
+    < factor pixels so that the integer shrink factor (≥ 2 only when side ≥ 2·size) divides it."""
+    side = min(height, width)
+    factor = side // size if side >= 2 * size else 1
+    side -= side % factor
+    return (height - side) // 2, (width - side) // 2, side, factor
+
+
 def square_resize(image: np.ndarray, size: int) -> np.ndarray:
     """(H, W, 3) uint8 → (size, size, 3): centre square of side min(H, W), then resized.
 
@@ -99,11 +110,7 @@ def square_resize(image: np.ndarray, size: int) -> np.ndarray:
     < 2× (the reducing-gap scheme Pillow uses; no aliasing, ~7× faster than a fractional
     INTER_AREA). Enlarging: bicubic.
     """
-    height, width = image.shape[:2]
-    side = min(height, width)
-    factor = side // size if side >= 2 * size else 1
-    side -= side % factor
-    top, left = (height - side) // 2, (width - side) // 2
+    top, left, side, factor = square_crop(*image.shape[:2], size)
     square = image[top : top + side, left : left + side]
     if factor > 1:
         square = cv2.resize(square, (side // factor, side // factor), interpolation=cv2.INTER_AREA)
@@ -112,3 +119,20 @@ def square_resize(image: np.ndarray, size: int) -> np.ndarray:
         return np.array(square)  # a writable copy (decoders may hand out read-only buffers)
     interpolation = cv2.INTER_LINEAR if side > size else cv2.INTER_CUBIC
     return cv2.resize(square, (size, size), interpolation=interpolation)
+
+
+def square_resize_tensor(images: torch.Tensor, size: int) -> torch.Tensor:
+    """`square_resize` for a uint8 (N, 3, H, W) tensor on any device (frames decoded on the GPU stay there).
+
+    The same steps with torch ops (box average = `avg_pool2d` by the integer factor, then bilinear, or
+    bicubic when enlarging), in float with one rounding at the end: within 1 grey level of OpenCV's
+    fixed-point result.
+    """
+    top, left, side, factor = square_crop(*images.shape[-2:], size)
+    square = images[..., top : top + side, left : left + side].float()
+    if factor > 1:
+        square = F.avg_pool2d(square, factor)
+    if square.shape[-1] != size:
+        mode = "bilinear" if square.shape[-1] > size else "bicubic"
+        square = F.interpolate(square, size=(size, size), mode=mode, align_corners=False)
+    return square.round_().clamp_(0, 255).to(torch.uint8)

@@ -57,6 +57,9 @@ class DataConfig:
     min_frame_side: int = 32
     # Open every image file's header at start-up, so non-images are counted before training.
     check_files: bool = True
+    # cpu: the DataLoader workers decode every frame; cuda (on a CUDA device): they read JPEG files' bytes and the
+    # training process decodes each batch with nvJPEG (other formats stay with the workers)
+    decode_device: str = "cpu"
 
 
 @dataclass
@@ -157,6 +160,7 @@ class PretrainConfig:
             (d.stride >= 1, "data.stride must be >= 1"),
             (d.neighbor_offset >= 0, "data.neighbor_offset must be >= 0"),
             (d.min_frame_side >= 1, "data.min_frame_side must be >= 1"),
+            (d.decode_device in ("cpu", "cuda"), "data.decode_device must be cpu|cuda"),
             (self.checkpoint.every_steps > 0, "checkpoint.every_steps must be > 0"),
             (self.checkpoint.keep_last > 0, "checkpoint.keep_last must be > 0"),
             (t.max_nonfinite_steps > 0, "train.max_nonfinite_steps must be > 0"),

@@ -31,7 +31,16 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from vla_dino.data import FrameDataset, NoFramesError, ScanResult, collate_frames, discover_sources, scan_sources
+from vla_dino.data import (
+    DevicePrefetcher,
+    FrameDataset,
+    JpegBatchDecoder,
+    NoFramesError,
+    ScanResult,
+    collate_frames,
+    discover_sources,
+    scan_sources,
+)
 from vla_dino.device import resolve_dtype
 from vla_dino.encoder import DinoEncoder
 from vla_dino.pretrain import distributed as D
@@ -145,7 +154,8 @@ class _Run:
 
 def _train(config: PretrainConfig, resume: str | None, info: D.DistInfo) -> RunResult:
     run, position = _set_up(config, resume, info)
-    batches = _batch_stream(run.dataset, run.sampler, position, config, info.device)
+    # CUDA: the next batch is copied (and its JPEGs decoded) on a side stream while the step runs; CPU: pass-through
+    batches = DevicePrefetcher(_batch_stream(run.dataset, run.sampler, position, config, info.device), info.device)
     progress = tqdm(total=run.stop_step, initial=position.step, disable=not (info.is_main and config.log.progress_bar), unit="step")
     stop_signal = _StopSignal()
     stopped_by, last_saved = "finished", None
@@ -514,6 +524,9 @@ def open_frames(config: PretrainConfig, info: D.DistInfo) -> tuple[ScanResult, F
     probe's held-out frames, whose episodes are left out of training; DataError (with the
     numbers) when the frames cannot fill one global batch, before any model is built."""
     data = config.data
+    if data.decode_device == "cuda" and info.device.type != "cuda":
+        raise ConfigError(f"data.decode_device=cuda decodes JPEGs with nvJPEG on the training GPU, but this run trains "
+                          f"on {info.device}; use data.decode_device=cpu or a CUDA --device")
     try:
         sources = discover_sources(data.frames, cameras=data.cameras)
     except (NoFramesError, FileNotFoundError) as error:
@@ -542,6 +555,7 @@ def open_frames(config: PretrainConfig, info: D.DistInfo) -> tuple[ScanResult, F
             neighbor_offset=data.neighbor_offset,
             seed=config.train.seed,
             min_frame_side=data.min_frame_side,
+            defer_jpeg=data.decode_device == "cuda",
         )
     except NoFramesError as error:
         raise DataError(str(error)) from error
@@ -574,6 +588,7 @@ def _batch_stream(
 ) -> Iterator[tuple[dict[str, Any], tuple[int, int]]]:
     """Endless batches from `start` on, each with the (epoch, batch_in_epoch) of the batch after it."""
     epoch, batch_index = start.epoch, start.batch_in_epoch
+    decode = JpegBatchDecoder(dataset, device) if dataset.defer_jpeg else None  # JPEG bytes from the workers
     while True:
         sampler.set_position(epoch, batch_index)
         dataset.set_epoch(epoch)  # temporal-neighbour draws change per epoch (before workers copy it)
@@ -590,7 +605,7 @@ def _batch_stream(
         )
         for batch in loader:
             epoch, batch_index = sampler.next_position(epoch, batch_index)
-            yield batch, (epoch, batch_index)
+            yield (decode(batch) if decode else batch), (epoch, batch_index)
 
 
 # -------------------------------------------------------------------- model
@@ -605,8 +620,8 @@ def build_encoder(config: PretrainConfig) -> DinoEncoder:
 
 # -------------------------------------------------------------------- resume
 # Config fields whose change does not alter what a checkpoint means.
-_IGNORED = ("train.stop_at_step", "train.device", "train.compile", "train.compile_mode", "data.num_workers", "data.check_files", "output_dir",
-            "log.", "export.", "checkpoint.")
+_IGNORED = ("train.stop_at_step", "train.device", "train.compile", "train.compile_mode", "data.num_workers",
+            "data.check_files", "data.decode_device", "output_dir", "log.", "export.", "checkpoint.")
 # Fields that decide the shapes and names of the saved tensors: named when a checkpoint does not fit.
 _ARCHITECTURE = ("model.", "ssl.heads.", "ssl.loss.centering", "ssl.loss.gram_weight", "ssl.loss.gram_refresh_steps",
                  "ssl.continued.gram_anchor")

@@ -12,6 +12,9 @@
    autocast, optionally ``torch.compile``-d, optionally replayed from a CUDA graph) and the
    postprocessor (kept on the device), then one copy of the chunk back to pinned host memory.
 
+At load, the vision towers' attention layers get fused q/k/v projections (``RuntimeConfig.fuse_qkv``,
+:func:`vla_dino.adapter.inference.fuse_qkv`); the policy is modified in place and frozen.
+
 Options that need CUDA (pinned memory, CUDA graphs) are skipped on other devices with a
 logged note. A captured CUDA graph (:mod:`vla_dino.runtime.graphs`) covers either the whole device
 pipeline or the policy forward only; it is checked against an eager call before it is used and
@@ -33,7 +36,8 @@ import numpy as np
 import torch
 from lerobot.policies.pretrained import PreTrainedPolicy
 
-from vla_dino.device import PRECISIONS, autocast, resolve_device, resolve_dtype
+from vla_dino.adapter.inference import channels_last_patch_embeddings, fuse_qkv, unfused_attention
+from vla_dino.device import COMPILE_MODES, PRECISIONS, autocast, resolve_device, resolve_dtype
 from vla_dino.runtime.graphs import CapturedGraph
 from vla_dino.runtime.guard import ActionGuard
 from vla_dino.runtime.loading import load_policy
@@ -43,7 +47,6 @@ logger = logging.getLogger(__name__)
 
 # Graph replay vs eager: same kernels, but capture may select other cuBLAS algorithms.
 GRAPH_CHECK_TOLERANCE = {"fp32": 1e-4, "bf16": 2e-2, "fp16": 1e-2}
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 PROFILE_STAGES = ("upload", "preprocess", "policy", "postprocess", "download")
 ACTION_BOUNDS = ("stats", "none")
 
@@ -55,6 +58,10 @@ class RuntimeConfig:
     device: str = "auto"  # "auto": cuda when available, else cpu
     dtype: str = "auto"  # fp32 | bf16 | fp16 | auto (vla_dino.device.resolve_dtype); autocast, weights stay fp32
     cast_weights: bool = False  # store weights in the autocast dtype: no per-call fp32 -> bf16 weight casts
+    # One q/k/v matmul + SDPA per attention layer of the vision towers (vla_dino.adapter.inference.fuse_qkv);
+    # same results up to float rounding. Freezes the policy (requires_grad False): the runtime never trains.
+    fuse_qkv: bool = True
+    channels_last: bool = False  # patch-embedding convs in channels-last memory format (same results)
     compile: bool = False  # torch.compile(policy.predict_action_chunk)
     # "default" compiles a large policy in about a minute; "max-autotune*" benchmarks kernels (many minutes);
     # "reduce-overhead" uses torch's own CUDA graphs instead of ours.
@@ -132,6 +139,7 @@ class PolicyRuntime:
         self._copied: torch.cuda.Event | None = None  # last host->device copy, before the host buffers are reused
         self.notes: list[str] = []  # what was enabled / skipped, for logs and benchmark tables
 
+        self._rewrite_towers()
         if self.config.cast_weights and self.dtype != "fp32":
             # Autocast would cast every fp32 weight to the compute dtype on every call (for a 776M-parameter
             # policy ~4.7 GB of memory traffic); matmuls see the same rounded weights either way.
@@ -238,6 +246,15 @@ class PolicyRuntime:
             logger.warning("runtime: the postprocessor has no 'action' statistics; the action guard checks finiteness only")
             return ActionGuard(dim, source="none (no action stats in the checkpoint)")
         return ActionGuard.from_stats(stats, dim, margin=config.bounds_margin, clip=config.clip_actions)
+
+    def _rewrite_towers(self) -> None:
+        """The inference-only tower rewrites of `vla_dino.adapter.inference`, in fp32 before any weight cast."""
+        if self.config.fuse_qkv:
+            self.policy.requires_grad_(False)  # fuse_qkv refuses trainable layers; inference_mode needs no grads
+            fused, left = fuse_qkv(self.policy), unfused_attention(self.policy)
+            self._note(f"fused QKV in {fused} attention layers" + (f" (left unfused: {left})" if left else ""))
+        if self.config.channels_last:
+            self._note(f"channels-last patch embeddings: {channels_last_patch_embeddings(self.policy)} convs")
 
     def _note(self, message: str) -> None:
         self.notes.append(message)
