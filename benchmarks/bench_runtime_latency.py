@@ -10,10 +10,12 @@ measured with :class:`~vla_dino.runtime.chunking.ControlLoop` running one infere
     python benchmarks/bench_runtime_latency.py                      # CPU, tiny vla_dino policy (< 1 min)
     python benchmarks/bench_runtime_latency.py --device cuda --preset vla_dino-moonshot --dtype bf16
     python benchmarks/bench_runtime_latency.py --checkpoint outputs/train/x/checkpoints/last/pretrained_model
-    python benchmarks/bench_runtime_latency.py --fuse-qkv both      # runtime rows with and without fused QKV
+    python benchmarks/bench_runtime_latency.py --variants unfused fused fused+fp8   # tower rewrites side by side
 
-``--fuse-qkv both`` builds two runtimes of the same checkpoint (``RuntimeConfig.fuse_qkv`` off / on), times
-them interleaved with the eager row and prints the ratio of their p50s.
+``--variants`` builds one runtime of the same checkpoint per variant (``RuntimeConfig`` overrides: fused QKV
+attention off / on, float8 tower weights), times them interleaved with the eager row, and prints each one's
+p50 ratio to the first variant and its action error against eager and against the first variant (for fp8:
+the error that quantisation adds to bf16). The last variant is profiled and runs the control loop.
 """
 
 from __future__ import annotations
@@ -56,7 +58,12 @@ PRESETS: dict[str, Callable[[], dict]] = {
 }
 
 
-FUSE_QKV_CHOICES = {"on": (True,), "off": (False,), "both": (False, True)}
+# Runtime variants (RuntimeConfig overrides on top of the flags), each one row.
+VARIANTS: dict[str, dict[str, bool]] = {
+    "unfused": dict(fuse_qkv=False),
+    "fused": dict(fuse_qkv=True),
+    "fused+fp8": dict(fuse_qkv=True, fp8_towers=True),
+}
 
 
 def time_interleaved(fns: list[Callable[[], object]], warmup: int, iters: int) -> list[np.ndarray]:
@@ -91,8 +98,8 @@ def main() -> None:
     parser.add_argument("--no-capture-processors", action="store_true", help="CUDA graph of the policy forward only")
     parser.add_argument("--profile", action="store_true", help="also print the runtime's per-stage breakdown")
     parser.add_argument("--no-cuda-graphs", action="store_true")
-    parser.add_argument("--fuse-qkv", default="on", choices=FUSE_QKV_CHOICES,
-                        help="fused q/k/v attention in the vision towers (RuntimeConfig.fuse_qkv); both: one runtime each")
+    parser.add_argument("--variants", nargs="+", default=["fused"], choices=VARIANTS,
+                        help="runtime rows: unfused / fused q/k/v attention in the towers, fused + float8 tower weights")
     parser.add_argument("--channels-last", action="store_true", help="channels-last patch-embedding convs (RuntimeConfig.channels_last)")
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
@@ -113,24 +120,24 @@ def main() -> None:
             name = f"{args.preset} (random init)"
 
         policy, pre, post = load_policy(path, device)
-        runtimes = {  # fuse_qkv → runtime; the last one is profiled and runs the control loop
-            fuse: PolicyRuntime.from_pretrained(
+        runtimes = {  # variant → runtime; the last one is profiled and runs the control loop
+            variant: PolicyRuntime.from_pretrained(
                 path,
                 RuntimeConfig(device=args.device, dtype=args.dtype, cast_weights=args.cast_weights, compile=args.compile,
                               compile_mode=args.compile_mode, cuda_graphs=not args.no_cuda_graphs,
                               capture_processors=not args.no_capture_processors, warmup_iters=args.warmup,
-                              fuse_qkv=fuse, channels_last=args.channels_last),
+                              channels_last=args.channels_last, **VARIANTS[variant]),
             )
-            for fuse in FUSE_QKV_CHOICES[args.fuse_qkv]
+            for variant in dict.fromkeys(args.variants)
         }
-        runtime = runtimes[FUSE_QKV_CHOICES[args.fuse_qkv][-1]]
+        runtime = list(runtimes.values())[-1]
         observation = runtime._synthetic_observation(runtime.spec.inputs, seed=0)
         params = sum(p.numel() for p in policy.parameters()) / 1e6
 
         eager = lambda: lerobot_predict_chunk(policy, pre, post, observation, device)  # noqa: E731
         candidates = [("eager LeRobot, fp32", eager, lambda obs: eager())]
-        for fuse, each in runtimes.items():
-            label = f"vla_dino runtime, {each.dtype}, {'fused' if fuse else 'unfused'} QKV"
+        for variant, each in runtimes.items():
+            label = f"vla_dino runtime, {each.dtype}, {variant}"
             candidates.append((label, lambda each=each: each.predict_chunk(observation), each.predict_chunk))
         all_times = time_interleaved([fn for _, fn, _ in candidates], args.warmup, args.iters)
         rows = []
@@ -140,8 +147,10 @@ def main() -> None:
 
         reference = eager()
         stages = runtime.profile(observation, iters=args.iters) if args.profile else None
-        diffs = {fuse: float(np.abs(each.predict_chunk(observation) - reference).max()) for fuse, each in runtimes.items()}
-        diff = diffs[FUSE_QKV_CHOICES[args.fuse_qkv][-1]]
+        chunks = {variant: each.predict_chunk(observation) for variant, each in runtimes.items()}
+        first = next(iter(chunks.values()))
+        diffs = {variant: {"vs_eager": float(np.abs(chunk - reference).max()), "vs_first": float(np.abs(chunk - first).max())}
+                 for variant, chunk in chunks.items()}
         stats = ControlLoop(runtime.predict_chunk, lambda: observation, lambda a: None,
                             ControlConfig(fps=args.fps, scheduler="ensemble")).run(args.loop_steps)
         del policy
@@ -149,11 +158,10 @@ def main() -> None:
     print(f"\nmachine: {machine_name(device)}")
     print(f"policy:  {name}: {params:.1f} M params, inputs {[(s.name, s.shape) for s in runtime.spec.inputs]}, "
           f"chunk {runtime.spec.chunk_size}x{runtime.spec.action_dim}")
-    print(f"runtime: {'; '.join(runtime.notes)}")
-    if len(runtimes) > 1:
-        print(f"runtime (unfused QKV): {'; '.join(runtimes[False].notes)}")
-    for fuse, value in diffs.items():
-        print(f"runtime ({'fused' if fuse else 'unfused'} QKV) vs eager max |Δaction| = {value:.3g} "
+    first_variant = next(iter(runtimes))
+    for variant, each in runtimes.items():
+        print(f"runtime ({variant}): {'; '.join(each.notes)}")
+        print(f"  max |Δaction| vs eager {diffs[variant]['vs_eager']:.3g}, vs {first_variant} {diffs[variant]['vs_first']:.3g} "
               f"(max |action| {np.abs(reference).max():.3g})")
     print()
     if stages:
@@ -165,15 +173,15 @@ def main() -> None:
         print(f"{row['name']:<38}{row['p50_ms']:>9.2f}{row['p99_ms']:>9.2f}{row['mean_ms']:>9.2f}{row['sustained_hz']:>9.1f}")
     speedup = rows[0]["p50_ms"] / rows[-1]["p50_ms"]
     print(f"\nspeed-up (eager p50 / runtime p50): {speedup:.2f}x")
-    fuse_speedup = rows[1]["p50_ms"] / rows[2]["p50_ms"] if len(rows) == 3 else None
-    if fuse_speedup is not None:
-        print(f"fused QKV speed-up (unfused runtime p50 / fused runtime p50): {fuse_speedup:.3f}x")
+    variant_speedups = {row["name"]: rows[1]["p50_ms"] / row["p50_ms"] for row in rows[2:]}
+    for name, ratio in variant_speedups.items():
+        print(f"{name}: {ratio:.3f}x the p50 speed of {rows[1]['name']}")
     print(f"async control loop at {args.fps:g} Hz target (temporal ensembling): {stats.achieved_hz:.1f} Hz achieved, "
           f"{stats.chunks} chunks over {stats.steps} ticks, {stats.starved_steps} starved, {stats.late_ticks} late")
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": machine_name(device), "policy": name, "rows": rows, "speedup_p50": speedup,
-                                               "notes": runtime.notes, "max_abs_diff": diff,
-                                               "fuse_qkv_speedup_p50": fuse_speedup, "stages_ms": stages,
+                                               "notes": {v: r.notes for v, r in runtimes.items()}, "max_abs_diff": diffs,
+                                               "speedup_vs_first_variant_p50": variant_speedups, "stages_ms": stages,
                                                "control_loop": {"target_hz": args.fps, "achieved_hz": stats.achieved_hz,
                                                                 "starved": stats.starved_steps, "late": stats.late_ticks}}, indent=2))
 

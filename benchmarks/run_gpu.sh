@@ -37,9 +37,9 @@ core)
 policy)
   bench policy_224 200 python benchmarks/bench_policy.py --device cuda --image-size 224 --batch 32 --dino vitl14_reg
   ;;
-runtime)  # --fuse-qkv both: runtime rows without and with fused QKV attention in one process, and their p50 ratio
-  bench runtime_moonshot_bf16 240 python benchmarks/bench_runtime_latency.py --device cuda --preset vla_dino-moonshot --dtype bf16 --cast-weights --fuse-qkv both
-  bench runtime_moonshot_bf16_compile 420 python benchmarks/bench_runtime_latency.py --device cuda --preset vla_dino-moonshot --dtype bf16 --compile --cast-weights --fuse-qkv both
+runtime)  # one process: runtime rows with unfused / fused QKV attention / fused + float8 towers, p50 ratios and action errors
+  bench runtime_moonshot_bf16 240 python benchmarks/bench_runtime_latency.py --device cuda --preset vla_dino-moonshot --dtype bf16 --cast-weights --variants unfused fused fused+fp8
+  bench runtime_moonshot_bf16_compile 420 python benchmarks/bench_runtime_latency.py --device cuda --preset vla_dino-moonshot --dtype bf16 --compile --cast-weights --variants unfused fused fused+fp8
   ;;
 runtime-eager)  # the runtime without torch.compile (CUDA graphs of the eager pipeline)
   bench runtime_moonshot_bf16 240 python benchmarks/bench_runtime_latency.py --device cuda --preset vla_dino-moonshot --dtype bf16 --cast-weights

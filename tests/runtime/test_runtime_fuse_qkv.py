@@ -7,7 +7,10 @@ import numpy as np
 import pytest
 
 from vla_dino.adapter import VisionTokenizerConfig
-from vla_dino.adapter.inference import FusedQKVAttention, unfused_attention
+from torch import nn
+
+from vla_dino.adapter.inference import Float8Linear, FusedQKVAttention, unfused_attention
+from vla_dino.adapter.towers import Tower
 from vla_dino.runtime.random_checkpoint import write_random_checkpoint
 from vla_dino.runtime.runtime import PolicyRuntime, RuntimeConfig
 
@@ -51,3 +54,23 @@ def test_a_policy_without_tower_attention_is_left_as_it_is(act_runtime):
     """LeRobot's ACT (ResNet + nn.MultiheadAttention, already one in-projection) has nothing to fuse."""
     assert "fused QKV in 0 attention layers" in act_runtime.notes
 
+
+
+def test_fp8_towers_quantise_only_the_towers_and_stay_close(two_tower_checkpoint):
+    """RuntimeConfig.fp8_towers: every Linear of both towers in float8, the head left alone, actions near fp32's."""
+    plain = runtime(two_tower_checkpoint)
+    quantised = runtime(two_tower_checkpoint, fp8_towers=True)
+    towers = [m for m in quantised.policy.modules() if isinstance(m, Tower)]
+    assert len(towers) == 2 and not any(type(m) is nn.Linear for tower in towers for m in tower.modules())
+    converted = sum(isinstance(m, Float8Linear) for m in quantised.policy.modules())
+    assert f"float8 weights in {converted} tower Linears" in quantised.notes and converted >= 2 * 2 * 4
+    assert any(type(m) is nn.Linear for m in quantised.policy.modules())  # projector and head stay as they were
+    obs = plain._synthetic_observation(plain.spec.inputs, seed=0)
+    reference = plain.predict_chunk(obs)
+    error = np.abs(quantised.predict_chunk(obs) - reference).max()
+    assert 0 < error < 0.1 * np.abs(reference).max()
+
+
+def test_fp8_towers_refuse_a_policy_without_towers(act_checkpoint):
+    with pytest.raises(ValueError, match="no vla_dino vision towers"):
+        runtime(act_checkpoint, fp8_towers=True)

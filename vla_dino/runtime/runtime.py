@@ -36,7 +36,8 @@ import numpy as np
 import torch
 from lerobot.policies.pretrained import PreTrainedPolicy
 
-from vla_dino.adapter.inference import channels_last_patch_embeddings, fuse_qkv, unfused_attention
+from vla_dino.adapter.inference import channels_last_patch_embeddings, float8_linears, fuse_qkv, unfused_attention
+from vla_dino.adapter.towers import Tower
 from vla_dino.device import COMPILE_MODES, PRECISIONS, autocast, resolve_device, resolve_dtype
 from vla_dino.runtime.graphs import CapturedGraph
 from vla_dino.runtime.guard import ActionGuard
@@ -62,6 +63,10 @@ class RuntimeConfig:
     # same results up to float rounding. Freezes the policy (requires_grad False): the runtime never trains.
     fuse_qkv: bool = True
     channels_last: bool = False  # patch-embedding convs in channels-last memory format (same results)
+    # The vision towers' Linears with float8 e4m3 weights and per-call activation scales (torch._scaled_mm; fp8 tensor
+    # cores need compute capability >= 8.9: Ada, Hopper). Changes the actions slightly: bench_runtime_latency.py
+    # prints the error against bf16.
+    fp8_towers: bool = False
     compile: bool = False  # torch.compile(policy.predict_action_chunk)
     # "default" compiles a large policy in about a minute; "max-autotune*" benchmarks kernels (many minutes);
     # "reduce-overhead" uses torch's own CUDA graphs instead of ours.
@@ -145,6 +150,8 @@ class PolicyRuntime:
             # policy ~4.7 GB of memory traffic); matmuls see the same rounded weights either way.
             self.policy.to(PRECISIONS[self.dtype])
             self._note(f"weights stored in {self.dtype}")
+        if self.config.fp8_towers:  # after the cast: .to(dtype) would turn float8 weights back into dtype
+            self._quantise_towers()
         self._predict: Callable[[dict], torch.Tensor] = policy.predict_action_chunk
         if self.config.compile:
             self._predict = torch.compile(
@@ -255,6 +262,15 @@ class PolicyRuntime:
             self._note(f"fused QKV in {fused} attention layers" + (f" (left unfused: {left})" if left else ""))
         if self.config.channels_last:
             self._note(f"channels-last patch embeddings: {channels_last_patch_embeddings(self.policy)} convs")
+
+    def _quantise_towers(self) -> None:
+        if self.device.type == "cuda" and torch.cuda.get_device_capability(self.device) < (8, 9):
+            raise ValueError(f"--runtime.fp8_towers needs fp8 tensor cores (compute capability >= 8.9); "
+                             f"{torch.cuda.get_device_name(self.device)} has {torch.cuda.get_device_capability(self.device)}")
+        towers = [m for m in self.policy.modules() if isinstance(m, Tower)]
+        if not towers:
+            raise ValueError("--runtime.fp8_towers: this policy has no vla_dino vision towers to quantise")
+        self._note(f"float8 weights in {sum(float8_linears(tower) for tower in towers)} tower Linears")
 
     def _note(self, message: str) -> None:
         self.notes.append(message)
