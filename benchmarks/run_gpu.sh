@@ -2,7 +2,8 @@
 # Runs the benchmark scripts on a CUDA machine and keeps each table in $OUT/<name>.txt.
 # On the offline reference GPU machine (torch/transformers preinstalled), packages it lacks
 # travel as wheels in .gpu_wheels/ (made with `pip download --no-deps`, see benchmarks/RESULTS.md).
-#   OUT=/tmp/gpu bash benchmarks/run_gpu.sh [group]      group: encoder | core (default) | policy | runtime | runtime-eager
+#   OUT=/tmp/gpu bash benchmarks/run_gpu.sh [group]
+#   group: encoder | core (default) | compile | scaling | policy | runtime | runtime-eager
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-outputs/gpu_bench}; mkdir -p "$OUT"
@@ -32,14 +33,22 @@ core)
   # model table, then frames/s per data stage (nvJPEG decode, pinned/prefetched copies) and supply ÷ consumption
   bench pretrain_throughput 200 python benchmarks/bench_pretrain_throughput.py --device cuda --preset vits14_scratch --sizes vits14 vitb14 --batch-sizes 64
   # the CUDA branches of DevicePrefetcher and JpegBatchDecoder (skipped on CPU machines)
-  bench data_device_tests 180 python -m pytest -q -p no:cacheprovider tests/data/test_data_prefetch.py tests/data/test_data_jpeg_decode.py
+  bench data_device_tests 180 python -m pytest -q -p no:cacheprovider tests/data/test_data_prefetch.py tests/data/test_data_jpeg_decode.py \
+    tests/ssl/test_ssl_trainer.py tests/ssl/test_ssl_packing.py
+  ;;
+compile)  # the step with train.compile (student + teacher through inductor; the warm-up steps compile)
+  bench ssl_step_vits14_compile 480 python benchmarks/bench_ssl_step.py --device cuda --size vits14 --batch 64 --bf16 --compile --warmup 4
+  ;;
+scaling)  # DDP at 1..N visible GPUs, the gradient all-reduce's bus bandwidth, and the model beyond
+  n=$(nvidia-smi -L | wc -l)
+  bench ddp_scaling_vits14 420 python benchmarks/bench_ddp_scaling.py --device cuda --size vits14 --batch 64 --bf16 --procs $(seq 1 "$n")
   ;;
 policy)
   bench policy_224 200 python benchmarks/bench_policy.py --device cuda --image-size 224 --batch 32 --dino vitl14_reg
   ;;
 runtime)  # one process: runtime rows with unfused / fused QKV attention / fused + float8 towers, p50 ratios and action errors
   bench runtime_moonshot_bf16 240 python benchmarks/bench_runtime_latency.py --device cuda --preset vla_dino-moonshot --dtype bf16 --cast-weights --variants unfused fused fused+fp8
-  bench runtime_moonshot_bf16_compile 420 python benchmarks/bench_runtime_latency.py --device cuda --preset vla_dino-moonshot --dtype bf16 --compile --cast-weights --variants unfused fused fused+fp8
+  bench runtime_moonshot_bf16_compile 540 python benchmarks/bench_runtime_latency.py --device cuda --preset vla_dino-moonshot --dtype bf16 --compile --cast-weights --variants unfused fused fused+fp8
   ;;
 runtime-eager)  # the runtime without torch.compile (CUDA graphs of the eager pipeline)
   bench runtime_moonshot_bf16 240 python benchmarks/bench_runtime_latency.py --device cuda --preset vla_dino-moonshot --dtype bf16 --cast-weights

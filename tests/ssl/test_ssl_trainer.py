@@ -25,8 +25,9 @@ def tiny(seed: int = 0) -> tuple[SSLModel, object]:
 
 
 # Ops that make the host wait for a GPU: reading a value (`.item()`, `bool()`, a tensor passed where a Scalar
-# is expected), and ops whose output size depends on the values (`nonzero`, boolean indexing, …).
-DEVICE_WAITS = {"aten._local_scalar_dense.default", "aten.is_nonzero.default", "aten.nonzero.default",
+# is expected), ops whose output size depends on the values (`nonzero`, boolean indexing, …), and a tensor made
+# from Python numbers (`torch.tensor`, `new_tensor`: on a GPU a blocking host→device copy).
+DEVICE_WAITS = {"aten._local_scalar_dense.default", "aten.is_nonzero.default", "aten.nonzero.default", "aten.lift_fresh.default",
                 "aten.masked_select.default", "aten.equal.default", "aten.unique.default", "aten._unique2.default",
                 "aten.unique_consecutive.default", "aten.repeat_interleave.Tensor"}
 
@@ -63,13 +64,16 @@ def test_the_step_never_waits_for_the_device():
 
 def test_multi_crop_waits_only_on_host_tensors():
     """The augmentation's value-dependent ops all act on tensors it makes on the host by design (the mask
-    generator's numpy seed, the masked-patch index, which crops get blurred); none on the frames' device."""
+    generator's numpy seed and masks, the masked-patch index, which crops get blurred); none on the frames'
+    device. (Its constants are made once per device: a first call outside the check.)"""
     config = SSLConfig()
     config.crops.global_size, config.crops.local_size, config.crops.num_local = 28, 14, 2
     augment = MultiCropAugmentation.from_config(config, 14)
+    augment(torch.randint(0, 256, (4, 3, 40, 40), dtype=torch.uint8))
     with DeviceWaits() as waits:
         augment(torch.randint(0, 256, (4, 3, 40, 40), dtype=torch.uint8))
     assert set(waits.found) == {("aten._local_scalar_dense.default", "masking.py:sample_masks"),
+                                ("aten.lift_fresh.default", "masking.py:sample_masks"),
                                 ("aten.nonzero.default", "photometric.py:random_blur"),
                                 ("aten.nonzero.default", "augment.py:__call__")}
 
@@ -183,3 +187,22 @@ def test_a_compiled_step_matches_the_eager_step():
     assert list(eager) == list(compiled)
     for key, value in eager.items():
         torch.testing.assert_close(compiled[key], value, rtol=1e-5, atol=1e-5, msg=key)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (torch's own sync detector)")
+def test_on_cuda_neither_crops_nor_step_synchronise():
+    """The same claim checked by torch itself on a GPU: sync debug mode 'error' raises on any synchronising call."""
+    model, crops = tiny()
+    model = model.cuda()
+    trainer = SSLTrainer(model, max_nonfinite_steps=3)
+    augment = MultiCropAugmentation.from_config(model.config, 14)
+    frames = torch.randint(0, 256, (4, 3, 40, 40), dtype=torch.uint8, device="cuda")
+    trainer.step(augment(frames), 0)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        result = trainer.step(augment(frames), 1)
+        values = result.to_host()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert values.wait().finite

@@ -131,8 +131,8 @@ class MultiCropAugmentation:
 
     @staticmethod
     def _normalise(crops: torch.Tensor) -> torch.Tensor:
-        mean = crops.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-        std = crops.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        mean = photometric.channel_constant(IMAGENET_MEAN, crops.device, crops.dtype)
+        std = photometric.channel_constant(IMAGENET_STD, crops.device, crops.dtype)
         return (crops - mean) / std
 
     @staticmethod

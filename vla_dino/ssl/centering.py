@@ -31,11 +31,11 @@ def sinkhorn_knopp(logits: torch.Tensor, temperature: float, iterations: int = 3
     if iterations < 1:
         raise ValueError(f"sinkhorn_knopp: iterations={iterations}; expected at least 1")
     scaled = logits.float() / temperature
-    peak = scaled.max() if scaled.numel() else scaled.new_tensor(float("-inf"))
+    peak = scaled.max() if scaled.numel() else scaled.new_full((), float("-inf"))
     peak = all_reduce_max(peak.clone())
     q = torch.exp(scaled - peak).t()  # (K, B)
     num_prototypes = q.shape[0]
-    first = all_reduce_sum(torch.cat([q.sum(dim=1), q.new_tensor([q.shape[1]])]))
+    first = all_reduce_sum(torch.cat([q.sum(dim=1), q.new_full((1,), q.shape[1])]))  # new_full: no host→device copy
     row_sums, num_samples = first[:-1, None], first[-1]
     for iteration in range(iterations):
         if iteration:
@@ -66,7 +66,7 @@ class SoftmaxCenter(nn.Module):
 
     @torch.no_grad()
     def update(self, logits: torch.Tensor) -> None:
-        stats = torch.cat([logits.float().sum(dim=0), logits.new_tensor([logits.shape[0]], dtype=torch.float32)])
+        stats = torch.cat([logits.float().sum(dim=0), logits.new_full((1,), logits.shape[0], dtype=torch.float32)])
         stats = all_reduce_sum(stats)
         count = stats[-1].clamp(min=1.0)
         batch_center = (stats[:-1] / count).unsqueeze(0)

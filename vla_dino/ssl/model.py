@@ -194,7 +194,7 @@ class SSLModel(nn.Module):
             metrics["teacher_batch_entropy"] = -(mean_target * torch.log(mean_target.clamp(min=1e-12))).sum()
             metrics["center_norm"] = self.dino_targets.center_norm().to(entropy.device)
             metrics["feature_std"] = normed.std(dim=0).mean()
-            metrics["teacher_temp"] = entropy.new_tensor(temperature)
+            metrics["teacher_temp"] = entropy.new_full((), temperature)
         return SSLOutput(total, {k: v.detach() for k, v in metrics.items()})
 
     # ------------------------------------------------------------------ teacher

@@ -4,6 +4,8 @@ as pure torch ops (CPU or GPU). Formulas follow torchvision's tensor functional 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -14,13 +16,20 @@ def _rand(n: int, device: torch.device, low: float = 0.0, high: float = 1.0) -> 
     return torch.rand(n, device=device) * (high - low) + low
 
 
+@functools.cache
+def channel_constant(values: tuple[float, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(1, C, 1, 1) constant, made once per device: building it from Python numbers on every call would be a
+    blocking host→device copy on a GPU."""
+    return torch.tensor(values, dtype=dtype).view(1, -1, 1, 1).to(device)
+
+
 def _per_image(values: torch.Tensor) -> torch.Tensor:
     return values.view(-1, 1, 1, 1)
 
 
 def grayscale(images: torch.Tensor) -> torch.Tensor:
     """ITU-R 601 luma, (N, 1, H, W)."""
-    weights = images.new_tensor(_GRAY_WEIGHTS).view(1, 3, 1, 1)
+    weights = channel_constant(_GRAY_WEIGHTS, images.device, images.dtype)
     return (images * weights).sum(dim=1, keepdim=True)
 
 
