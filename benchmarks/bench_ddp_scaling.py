@@ -32,15 +32,8 @@ import torch.multiprocessing as mp
 from machine import cpu_model, machine_name  # benchmarks/machine.py (this script's folder)
 from vla_dino.encoder import DinoEncoder
 from vla_dino.pretrain import distributed as D
-from vla_dino.ssl import MultiCropAugmentation, SSLConfig, SSLModel, SSLTrainer
-
-
-def make_config(args: argparse.Namespace, world: int) -> SSLConfig:
-    config = SSLConfig()
-    config.crops.global_size, config.crops.local_size, config.crops.num_local = args.global_size, args.local_size, args.num_local
-    config.heads.num_prototypes = args.prototypes
-    config.optim.batch_size = args.batch * world
-    return config
+from step_recipe import add_recipe_arguments, recipe_config  # benchmarks/step_recipe.py (this script's folder)
+from vla_dino.ssl import MultiCropAugmentation, SSLModel, SSLTrainer
 
 
 def worker(rank: int, world: int, args: argparse.Namespace, port: int, results: dict) -> None:
@@ -50,7 +43,7 @@ def worker(rank: int, world: int, args: argparse.Namespace, port: int, results: 
     info = D.init_distributed(args.device if args.device == "cpu" else "cuda", "auto")
     torch.manual_seed(0)  # the same initial weights on every rank, as a run's seeded init
     encoder = DinoEncoder.from_size(args.size)
-    config = make_config(args, world)
+    config = recipe_config(args, args.batch * world)
     model = SSLModel(config, encoder, total_steps=1000).to(info.device).train()
     forward = D.wrap_model(model, "ddp", info)
     trainer = SSLTrainer(model, "bf16" if args.bf16 else "fp32", forward=forward, any_rank=lambda f: D.any_rank(f, info))
@@ -98,18 +91,11 @@ def free_port() -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--size", default="vits14", help="DinoEncoder size name (vits14, vitb14, small-test, …)")
     parser.add_argument("--batch", type=int, default=64, help="frames per process per step")
     parser.add_argument("--procs", type=int, nargs="+", default=[1, 2], help="world sizes to measure (1 first)")
     parser.add_argument("--model-procs", type=int, nargs="+", default=[2, 8, 16, 64], help="world sizes to model")
     parser.add_argument("--busbw-gbs", type=float, help="all-reduce bus bandwidth in GB/s for the model (default: measured)")
-    parser.add_argument("--global-size", type=int, default=224)
-    parser.add_argument("--local-size", type=int, default=98)
-    parser.add_argument("--num-local", type=int, default=8)
-    parser.add_argument("--prototypes", type=int, default=65536)
-    parser.add_argument("--frame-size", type=int, default=256)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--iters", type=int, default=5)
+    add_recipe_arguments(parser)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process (CPU)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
     args = parser.parse_args()

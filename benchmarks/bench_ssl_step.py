@@ -29,15 +29,12 @@ import torch
 from vla_dino.encoder import DinoEncoder
 from vla_dino.ssl import MultiCropAugmentation, MultiCropBatch, SSLConfig, SSLModel, SSLTrainer, StepResult
 
+from step_recipe import add_recipe_arguments, recipe_config  # benchmarks/step_recipe.py (this script's folder)
 from lightly_peer import LightlyStep  # benchmarks/lightly_peer.py (this script's folder), shared with ssl_peer_training.py
 
 
 def make_config(args: argparse.Namespace, centering: str, pack_crops: bool = False) -> SSLConfig:
-    config = SSLConfig()
-    config.crops.global_size, config.crops.local_size, config.crops.num_local = args.global_size, args.local_size, args.num_local
-    config.heads.num_prototypes = args.prototypes
-    config.loss.centering = centering
-    config.optim.batch_size = args.batch
+    config = recipe_config(args, args.batch, centering)
     config.optim.drop_path = 0.0  # same compute on both sides (lightly's example sets it on timm)
     config.optim.pack_crops = pack_crops  # student global + local crops in one backbone pass
     return config
@@ -77,15 +74,8 @@ def measure(step_fn, batch: MultiCropBatch, device: torch.device, warmup: int, i
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--size", default="vits14", help="DinoEncoder size name (vits14, vitb14, small-test, …)")
     parser.add_argument("--batch", type=int, default=32, help="images per step (each gives 2 global + L local crops)")
-    parser.add_argument("--global-size", type=int, default=224)
-    parser.add_argument("--local-size", type=int, default=98)
-    parser.add_argument("--num-local", type=int, default=8)
-    parser.add_argument("--prototypes", type=int, default=65536)
-    parser.add_argument("--frame-size", type=int, default=256)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--iters", type=int, default=5)
+    add_recipe_arguments(parser)
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast around both steps (CUDA)")
     parser.add_argument("--compile", action="store_true", help="add our Sinkhorn-Knopp rows with torch.compile")
     parser.add_argument("--compile-mode", default="default", help="torch.compile mode of the compiled rows")
