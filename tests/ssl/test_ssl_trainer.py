@@ -12,9 +12,10 @@ from vla_dino.encoder import DinoEncoder
 from vla_dino.ssl import MultiCropAugmentation, SSLConfig, SSLModel, SSLTrainer
 
 
-def tiny(seed: int = 0) -> tuple[SSLModel, object]:
+def tiny(seed: int = 0, centering: str = "sinkhorn") -> tuple[SSLModel, object]:
     torch.manual_seed(seed)
     config = SSLConfig()
+    config.loss.centering = centering
     config.crops.global_size, config.crops.local_size, config.crops.num_local = 28, 14, 2
     config.heads.num_prototypes, config.heads.hidden_dim, config.heads.bottleneck_dim = 64, 32, 16
     config.optim.batch_size = 4
@@ -78,8 +79,9 @@ def test_multi_crop_waits_only_on_host_tensors():
                                 ("aten.nonzero.default", "augment.py:__call__")}
 
 
-def test_a_non_finite_step_leaves_weights_optimiser_and_teacher_exactly_as_they_were(monkeypatch):
-    model, crops = tiny()
+@pytest.mark.parametrize("centering", ["sinkhorn", "softmax"])  # softmax: its centre buffer too
+def test_a_non_finite_step_leaves_weights_optimiser_and_teacher_exactly_as_they_were(monkeypatch, centering):
+    model, crops = tiny(centering=centering)
     trainer = SSLTrainer(model)
     trainer.step(crops, 0)
     before_model = copy.deepcopy(model.state_dict())

@@ -48,7 +48,8 @@ def sinkhorn_knopp(logits: torch.Tensor, temperature: float, iterations: int = 3
 
 class SoftmaxCenter(nn.Module):
     """DINO's centring: targets softmax((t − c) / τ); c ← m·c + (1 − m)·mean(t) after each call,
-    the mean taken over all rows on all ranks."""
+    the mean taken over all rows on all ranks. `revert_if(skip)` takes the last call's update back
+    when a device flag says the step was skipped (non-finite), so a skipped step leaves c as it was."""
 
     center: torch.Tensor
 
@@ -56,13 +57,22 @@ class SoftmaxCenter(nn.Module):
         super().__init__()
         self.momentum = momentum
         self.register_buffer("center", torch.zeros(1, dim))
+        self._before: torch.Tensor | None = None  # the centre before the last call's update
 
     @torch.no_grad()
     def forward(self, logits: torch.Tensor, temperature: float) -> torch.Tensor:
         logits = logits.float()
         targets = F.softmax((logits - self.center) / temperature, dim=-1)
+        self._before = self.center.clone()
         self.update(logits)
         return targets
+
+    @torch.no_grad()
+    def revert_if(self, skip: torch.Tensor) -> None:
+        """Undo the last call's update where `skip` (a bool device tensor) is True; no host read."""
+        if self._before is not None:
+            self.center.copy_(torch.where(skip, self._before, self.center))
+            self._before = None
 
     @torch.no_grad()
     def update(self, logits: torch.Tensor) -> None:
@@ -91,6 +101,11 @@ class TeacherTargets(nn.Module):
         if self.softmax_center is None:
             return sinkhorn_knopp(logits, temperature, self.sinkhorn_iterations)
         return self.softmax_center(logits, temperature)
+
+    def revert_if(self, skip: torch.Tensor) -> None:
+        """Softmax centring: undo the last call's centre update when `skip` is True (Sinkhorn-Knopp keeps no state)."""
+        if self.softmax_center is not None:
+            self.softmax_center.revert_if(skip)
 
     def center_norm(self) -> torch.Tensor:
         if self.softmax_center is None:

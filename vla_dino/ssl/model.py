@@ -203,7 +203,7 @@ class SSLModel(nn.Module):
         """teacher ← m·teacher + (1 − m)·student over backbone and heads, m = momentum(step);
         with `loss.gram_refresh_steps` = N > 0 the Gram reference becomes the teacher backbone
         every N steps. `skip`: a bool device tensor; when True the weight is 0 and the teacher stays
-        exactly as it is (decided on the device, no host read)."""
+        exactly as it is, softmax centres included (decided on the device, no host read)."""
         momentum = self.schedules.momentum(step)
         teacher = list(self.teacher.parameters())
         student = [p.detach() for p in self.student.parameters()]
@@ -213,6 +213,8 @@ class SSLModel(nn.Module):
         else:  # a tensor weight per parameter: a single tensor would bind to the Scalar overload, read on the host
             weight = (~skip).to(teacher[0].dtype) * weight
             torch._foreach_lerp_(teacher, student, [weight] * len(teacher))
+            self.dino_targets.revert_if(skip)  # the forward's centre update belongs to the skipped step
+            self.ibot_targets.revert_if(skip)
         refresh = self.config.loss.gram_refresh_steps
         if self.gram_reference is not None and refresh > 0 and step > 0 and step % refresh == 0:
             self.gram_reference.load_state_dict(self.teacher.backbone.state_dict())

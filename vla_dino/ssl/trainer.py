@@ -163,14 +163,15 @@ class SSLTrainer:
         model, optimizer, scaler = self.model, self.optimizer, self.scaler
         finite = ~self.any_rank(~torch.isfinite(loss.detach()))
         grad_norm = torch.full((), float("nan"), device=loss.device)
-        if bool(finite & ~self._halted):
+        skip = ~finite | self._halted
+        if not bool(skip):
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
             grad_norm = model.clip_gradients()
             scaler.step(optimizer)
             scaler.update()
-            model.update_teacher(step)
             optimizer.zero_grad(set_to_none=True)
+        model.update_teacher(step, skip=skip)
         self._count_nonfinite(~finite)
         return StepResult(loss.detach(), metrics, grad_norm, finite, schedule)
