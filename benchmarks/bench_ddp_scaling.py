@@ -14,12 +14,16 @@ a ring all-reduce of G gradient bytes takes 2 (N − 1) / N · G / busbw, where 
 measured here (or `--busbw-gbs`, e.g. NCCL's all_reduce_perf figure for a node one does not have). DDP
 overlaps it with the backward pass, so the step lies between step(1) (fully hidden) and step(1) + t_allreduce
 (not hidden at all); both bounds are printed. The step's small collectives (Sinkhorn-Knopp's row sums, the
-non-finite flag) are latency, not bandwidth, and are inside the measured rows only.
+non-finite flag) are latency, not bandwidth, and are inside the measured rows only. Each measured world size
+also times the step under DDP's `no_sync` (no gradient all-reduce): when that is slower than world 1, the ranks
+slow each other down without communicating (CPU processes sharing cores and memory bandwidth), which the model
+for separate GPUs leaves out.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import socket
 import statistics
@@ -56,15 +60,19 @@ def worker(rank: int, world: int, args: argparse.Namespace, port: int, results: 
             torch.cuda.synchronize()
         D.barrier(info)
 
-    for step in range(args.warmup):
-        trainer.step(batch, step)
-    sync()
-    times = []
-    for step in range(args.iters):
-        start = time.perf_counter()
-        trainer.step(batch, args.warmup + step)
-        sync()
-        times.append(time.perf_counter() - start)
+    def median_step(no_gradient_sync: bool) -> float:
+        times = []
+        for step in range(args.warmup + args.iters):
+            # DDP's no_sync: the same step without the gradient all-reduce (the step's own small collectives stay)
+            with forward.no_sync() if no_gradient_sync else contextlib.nullcontext():
+                start = time.perf_counter()
+                trainer.step(batch, step)
+                sync()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times[args.warmup:])
+
+    step_s = median_step(no_gradient_sync=False)
+    compute_s = median_step(no_gradient_sync=True) if world > 1 else step_s
     grad_bytes = sum(p.numel() * p.element_size() for p in model.student.parameters() if p.requires_grad)
     allreduce_s = None
     if world > 1:  # DDP's traffic per step: one all-reduce of every gradient byte (in buckets, overlapped)
@@ -78,7 +86,7 @@ def worker(rank: int, world: int, args: argparse.Namespace, port: int, results: 
             laps.append(time.perf_counter() - start)
         allreduce_s = statistics.median(laps[2:])
     if rank == 0:
-        results[world] = {"step_s": statistics.median(times), "grad_bytes": grad_bytes, "allreduce_s": allreduce_s}
+        results[world] = {"step_s": step_s, "compute_s": compute_s, "grad_bytes": grad_bytes, "allreduce_s": allreduce_s}
     D.cleanup()
 
 
@@ -113,12 +121,15 @@ def main() -> None:
     print(f"{where}; encoder {args.size}, {args.batch} frames per process "
           f"(2×{args.global_size}² + {args.num_local}×{args.local_size}²), K={args.prototypes}, bf16={args.bf16}, "
           f"median of {args.iters}; gradients {base['grad_bytes'] / 2**20:.1f} MiB per step")
-    print(f"{'world':>5s} {'kind':>9s} {'step ms':>9s} {'frames/s':>10s} {'efficiency':>11s}")
+    print("no-sync: the same step without DDP's gradient all-reduce (what each rank computes at that world size); "
+          "exposed: step − no-sync")
+    print(f"{'world':>5s} {'kind':>9s} {'step ms':>9s} {'frames/s':>10s} {'efficiency':>11s} {'no-sync ms':>11s} {'exposed ms':>11s}")
     for world in args.procs:
         row = results[world]
         throughput = world * args.batch / row["step_s"]
         efficiency = throughput / (world * args.batch / base["step_s"])
-        print(f"{world:5d} {'measured':>9s} {row['step_s'] * 1000:9.1f} {throughput:10.1f} {efficiency:11.1%}")
+        print(f"{world:5d} {'measured':>9s} {row['step_s'] * 1000:9.1f} {throughput:10.1f} {efficiency:11.1%} "
+              f"{row['compute_s'] * 1000:11.1f} {(row['step_s'] - row['compute_s']) * 1000:11.1f}")
 
     measured = [(w, results[w]["allreduce_s"]) for w in args.procs if results[w]["allreduce_s"]]
     if args.busbw_gbs is not None:

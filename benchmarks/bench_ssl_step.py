@@ -105,6 +105,7 @@ def main() -> None:
         runs += [("ours (Sinkhorn-Knopp, compiled)", OursStep, "sinkhorn", False, compiled),
                  ("ours (SK, packed, compiled)", OursStep, "sinkhorn", True, compiled)]
     for label, cls, centering, pack_crops, compile_options in runs:
+        torch._dynamo.reset()  # each compiled row compiles afresh (no recompiles carried over from another row)
         encoder = copy.deepcopy(base).to(device)
         config = make_config(args, centering, pack_crops)
         step_fn = cls(encoder, config, steps=1000) if compile_options is None else cls(encoder, config, 1000, compile_options)
