@@ -21,8 +21,8 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> FrameDataset:
     return FrameDataset(discover_sources([root]), frame_size=16, neighbor_offset=1)
 
 
-def _batch_stream(dataset: FrameDataset, pin: bool) -> Iterator[tuple[dict[str, Any], tuple[int, int]]]:
-    """What vla_dino.pretrain.train._batch_stream yields: each batch with the (epoch, batch) position after it."""
+def batch_stream(dataset: FrameDataset, pin: bool) -> Iterator[tuple[dict[str, Any], tuple[int, int]]]:
+    """What vla_dino.pretrain.train.batch_stream yields: each batch with the (epoch, batch) position after it."""
     loader = DataLoader(dataset, batch_size=4, collate_fn=collate_frames, pin_memory=pin)
     for epoch in range(2):
         for index, batch in enumerate(loader):
@@ -30,7 +30,7 @@ def _batch_stream(dataset: FrameDataset, pin: bool) -> Iterator[tuple[dict[str, 
 
 
 def test_on_cpu_it_passes_the_items_through_untouched(dataset: FrameDataset) -> None:
-    expected = list(_batch_stream(dataset, pin=False))
+    expected = list(batch_stream(dataset, pin=False))
     stream = iter(expected)
     prefetcher = DevicePrefetcher(stream, "cpu")
     got = list(prefetcher)
@@ -82,8 +82,8 @@ def test_reading_ahead_keeps_order_positions_and_errors_in_place(monkeypatch: py
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_on_cuda_the_same_batches_arrive_in_order_on_the_device(dataset: FrameDataset) -> None:
-    expected = list(_batch_stream(dataset, pin=False))
-    got = list(DevicePrefetcher(_batch_stream(dataset, pin=True), "cuda"))
+    expected = list(batch_stream(dataset, pin=False))
+    got = list(DevicePrefetcher(batch_stream(dataset, pin=True), "cuda"))
     assert [p for _, p in got] == [p for _, p in expected]
     for (have, _), (want, _) in zip(got, expected, strict=True):
         for key in ("frame", "neighbor", "index", "frame_index", "neighbor_frame_index"):

@@ -3,6 +3,7 @@ aside, the previous one used) and the sampler position that survives batch-size 
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import re
@@ -88,7 +89,7 @@ def test_failed_write_leaves_previous_checkpoints(tmp_path: Path, monkeypatch) -
 def test_sampler_position_survives_batch_size_and_world_size_changes() -> None:
     """After b batches the ranks have consumed exactly perm[:b·B·W]; any other (B', W') continues there."""
     old = [ResumableBatchSampler(40, batch_size=3, seed=5, rank=r, world_size=2) for r in range(2)]
-    seen = [sum(list(s)[:4], []) for s in old]  # 4 batches on each rank
+    seen = [[index for batch in itertools.islice(s.batches(0), 4) for index, _ in batch] for s in old]  # 4 batches a rank
     done = old[0].samples_done(4)
     assert done == 24
     perm = torch.randperm(40, generator=torch.Generator().manual_seed(5 + 0)).tolist()
@@ -96,7 +97,6 @@ def test_sampler_position_survives_batch_size_and_world_size_changes() -> None:
     new = ResumableBatchSampler(40, batch_size=8, seed=5)
     epoch, batch, repeated = new.position_for_samples(0, done)
     assert (epoch, batch, repeated) == (0, 3, 0) and new.batches_per_epoch == 5
-    new.set_position(epoch, batch)
-    assert next(iter(new)) == perm[24:32]  # the next unseen samples
+    assert next(new.batches(epoch, batch)) == [(index, 0) for index in perm[24:32]]  # the next unseen samples
     assert ResumableBatchSampler(40, batch_size=5, seed=5).position_for_samples(0, done) == (0, 4, 4)  # 4 seen again
     assert ResumableBatchSampler(40, batch_size=16, seed=5).position_for_samples(0, 36) == (1, 0, 0)  # rest < a batch

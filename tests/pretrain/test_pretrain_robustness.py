@@ -21,6 +21,7 @@ from vla_dino.pretrain.checkpoint import load_checkpoint
 from vla_dino.pretrain.config import load_config, preset_path
 from vla_dino.pretrain.errors import DataError, ResumeError
 from vla_dino.pretrain.logger import read_metrics
+from vla_dino.pretrain.sampler import ResumableBatchSampler
 from vla_dino.pretrain.skips import read_skips
 from vla_dino.pretrain.train import train
 from vla_dino.ssl import SSLTrainer
@@ -140,6 +141,39 @@ def test_the_loop_reads_each_step_back_while_the_next_one_runs(frames, tmp_path:
     train(tiny_config(frames, tmp_path / "run", **{"train.steps": 5}))
     assert events == [("queue", 0), ("queue", 1), ("read", 0), ("queue", 2), ("read", 1), ("queue", 3), ("read", 2),
                       ("queue", 4), ("read", 3), ("read", 4)]
+
+
+def test_one_loader_serves_the_whole_run_with_each_epochs_neighbours(frames, tmp_path: Path, monkeypatch):
+    """The batch stream builds one DataLoader (its workers start once, not at every epoch); across epoch
+    boundaries, from mid-epoch on, workers serve the batches in-process loading does, with temporal
+    neighbours drawn for each batch's own epoch."""
+    import vla_dino.pretrain.train as train_module
+    from vla_dino.pretrain import distributed as D
+    from vla_dino.pretrain.train import TrainPosition, batch_stream, open_frames
+
+    loaders = []
+    real_loader = train_module.DataLoader
+
+    def loader(*args, **kwargs):
+        loaders.append(kwargs["num_workers"])
+        return real_loader(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "DataLoader", loader)
+    streams = []
+    for workers in (0, 2):
+        config = tiny_config(frames, tmp_path / f"w{workers}", **{"data.num_workers": workers, "data.neighbor_offset": 2})
+        info = D.DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+        _, dataset, _ = open_frames(config, info)
+        sampler = ResumableBatchSampler(len(dataset), config.data.batch_size, config.train.seed)
+        stream = batch_stream(dataset, sampler, TrainPosition(0, epoch=1, batch_in_epoch=2), config, info.device)
+        rows = [(b["index"].tolist(), b["neighbor_frame_index"].tolist(), b["frame"].sum().item(), position)
+                for b, position in (next(stream) for _ in range(7))]  # 3 batches an epoch: 3 boundaries
+        streams.append(rows)
+        epochs = [1, 2, 2, 2, 3, 3, 3]  # the epoch each batch belongs to
+        for (indices, neighbours, _, _), epoch in zip(rows, epochs):
+            assert neighbours == [dataset.neighbor_frame(i, epoch) for i in indices]
+    assert streams[0] == streams[1] and loaders == [0, 2]  # one loader per stream
+    assert [position for *_, position in streams[0]][:4] == [(2, 0), (2, 1), (2, 2), (3, 0)]
 
 
 def test_a_signal_stops_the_run_before_the_fetched_batch(frames, tmp_path: Path, monkeypatch):

@@ -1,6 +1,7 @@
 """Building blocks of the run: atomic rotating checkpoints, RNG state, the resumable sharded
 sampler, the NaN guard, the collapse monitor and the metric logs."""
 
+import itertools
 import json
 import random
 from pathlib import Path
@@ -43,16 +44,20 @@ def test_rng_state_round_trip_through_weights_only_file(tmp_path: Path):
     np.testing.assert_array_equal(expected[3], got[3])
 
 
+def _indices(batches: list[list[tuple[int, int]]], epoch: int) -> list[list[int]]:
+    assert all(e == epoch for batch in batches for _, e in batch)  # every index carries its epoch
+    return [[index for index, _ in batch] for batch in batches]
+
+
 def test_sampler_shards_and_resumes():
     ranks = [ResumableBatchSampler(23, batch_size=3, seed=1, rank=r, world_size=2) for r in range(2)]
     assert ranks[0].batches_per_epoch == 3  # 23 // (3·2)
-    epoch0 = [sum(list(s), []) for s in ranks]
+    epoch0 = [sum(_indices(list(itertools.islice(s.batches(0), 3)), 0), []) for s in ranks]
     assert not set(epoch0[0]) & set(epoch0[1]) and len(epoch0[0]) == 9  # disjoint shards, whole batches
-    ranks[0].set_position(1, 0)
-    epoch1 = list(ranks[0])
+    two_epochs = list(itertools.islice(ranks[0].batches(0), 6))  # runs on into the next epoch
+    epoch1 = _indices(two_epochs[3:], 1)
     assert sum(epoch1, []) != epoch0[0]  # a new permutation each epoch
-    ranks[0].set_position(1, 2)
-    assert list(ranks[0]) == epoch1[2:]  # resuming mid-epoch continues exactly
+    assert _indices(list(itertools.islice(ranks[0].batches(1, 2), 1)), 1) == epoch1[2:]  # mid-epoch continues exactly
     with pytest.raises(ValueError, match="fewer than one global batch"):
         ResumableBatchSampler(5, batch_size=4, world_size=2)
 

@@ -4,7 +4,8 @@ Index space: source after source, every `stride`-th frame of each (frames 0, s, 
 duplicate consecutive robot frames are thinned out. With `neighbor_offset = k > 0` each sample also
 carries a frame of the same episode and camera drawn uniformly from [t−k, t+k] ∖ {t} (clipped to the
 episode; the frame itself only for one-frame episodes), in original frame steps, not strided ones.
-The draw is a pure function of (seed, epoch, index): call `set_epoch` each epoch for fresh pairs.
+The draw is a pure function of (seed, epoch, index): index with `(index, epoch)` pairs (as the pretraining
+sampler does) or call `set_epoch` each epoch for fresh pairs.
 
 With `defer_jpeg=True`, image-folder frames that are plain JPEG files come back as the file's bytes (1-D uint8)
 instead of decoded frames; `JpegBatchDecoder` decodes a batch of them in the main process, on the GPU if there is one.
@@ -107,7 +108,7 @@ class FrameDataset(Dataset):
         return int(self._ends[-1])
 
     def set_epoch(self, epoch: int) -> None:
-        """Changes the neighbour draw (per epoch, deterministic)."""
+        """The epoch of the neighbour draw for plain integer indices (an `(index, epoch)` key carries its own)."""
         self.epoch = epoch
 
     def locate(self, index: int) -> tuple[FrameSource, int]:
@@ -119,22 +120,26 @@ class FrameDataset(Dataset):
         start = int(self._ends[position - 1]) if position else 0
         return self.sources[position], (index - start) * self.stride
 
-    def neighbor_frame(self, index: int) -> int:
-        """The temporal neighbour's frame number for `index` at the current epoch."""
+    def neighbor_frame(self, index: int, epoch: int | None = None) -> int:
+        """The temporal neighbour's frame number for `index` at `epoch` (default: `set_epoch`'s)."""
         source, frame = self.locate(index)
         low, high = max(0, frame - self.neighbor_offset), min(source.num_frames - 1, frame + self.neighbor_offset)
         candidates = [t for t in range(low, high + 1) if t != frame] or [frame]
-        rng = np.random.default_rng((self.seed, self.epoch, index % len(self)))
+        epoch = self.epoch if epoch is None else epoch
+        rng = np.random.default_rng((self.seed, epoch, index % len(self)))
         return candidates[int(rng.integers(len(candidates)))]
 
     # ---------------------------------------------------------------- reading
-    def __getitem__(self, index: int) -> dict[str, Any] | None:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any] | None:
+        """`key`: a dataset index, or an `(index, epoch)` pair (`ResumableBatchSampler.batches`), whose epoch
+        decides the neighbour draw without `set_epoch`: workers that live across epochs need no new copy."""
+        index, epoch = key if isinstance(key, tuple) else (key, None)
         source, frame = self.locate(index)
         reading = frame
         try:
             sample: dict[str, Any] = {"frame": self.read_frame(source, frame)}
             if self.neighbor_offset > 0:
-                reading = self.neighbor_frame(index)
+                reading = self.neighbor_frame(index, epoch)
                 sample["neighbor"] = self.read_frame(source, reading)
                 sample["neighbor_frame_index"] = reading
         except Exception as error:  # any decode failure skips the sample; the reason is kept

@@ -4,7 +4,9 @@ Epoch `e` is a permutation drawn from `seed + e` alone, split across ranks the w
 `torch.utils.data.DistributedSampler` does (rank r takes every world_size-th index), cut into
 full batches. The position is `(epoch, batch_index)` (`next_position` steps it, across epochs): a
 resumed run starts exactly at the next unseen batch, with no dependence on how far the previous
-process got.
+process got. `batches(epoch, batch_index)` runs on through every later epoch, each entry an
+`(index, epoch)` pair (`FrameDataset` draws temporal neighbours per epoch): one DataLoader serves a
+whole run, so its workers start once and an epoch boundary costs nothing.
 
 Checkpoints store the position as *samples seen* of the epoch's permutation (`samples_done`),
 which does not depend on the batch size or the number of processes: rank r takes
@@ -17,10 +19,9 @@ from __future__ import annotations
 from typing import Iterator
 
 import torch
-from torch.utils.data import Sampler
 
 
-class ResumableBatchSampler(Sampler[list[int]]):
+class ResumableBatchSampler:
     def __init__(self, num_samples: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world size {world_size}")
@@ -35,13 +36,17 @@ class ResumableBatchSampler(Sampler[list[int]]):
                 f"the dataset has {num_samples} frames, fewer than one global batch "
                 f"(batch_size {batch_size} × {world_size} processes); add frames or lower --batch-size"
             )
-        self.epoch = 0
-        self.start_batch = 0
 
-    def set_position(self, epoch: int, batch_index: int) -> None:
+    def batches(self, epoch: int, batch_index: int = 0) -> Iterator[list[tuple[int, int]]]:
+        """Endless: batch `batch_index` of `epoch` and every batch after it, across epochs, as this rank's
+        `(dataset index, epoch)` pairs (a DataLoader's `batch_sampler`)."""
         if not 0 <= batch_index < self.batches_per_epoch:
             raise ValueError(f"batch index {batch_index} outside 0..{self.batches_per_epoch - 1}")
-        self.epoch, self.start_batch = epoch, batch_index
+        while True:
+            indices = self.epoch_indices(epoch)
+            for b in range(batch_index, self.batches_per_epoch):
+                yield [(index, epoch) for index in indices[b * self.batch_size : (b + 1) * self.batch_size]]
+            epoch, batch_index = epoch + 1, 0
 
     def next_position(self, epoch: int, batch_index: int) -> tuple[int, int]:
         """The (epoch, batch_index) after batch `batch_index` of `epoch`: the next epoch's first
@@ -73,11 +78,3 @@ class ResumableBatchSampler(Sampler[list[int]]):
         generator = torch.Generator().manual_seed(self.seed + epoch)
         order = torch.randperm(self.num_samples, generator=generator).tolist()
         return order[self.rank :: self.world_size][: self.batches_per_epoch * self.batch_size]
-
-    def __iter__(self) -> Iterator[list[int]]:
-        indices = self.epoch_indices(self.epoch)
-        for b in range(self.start_batch, self.batches_per_epoch):
-            yield indices[b * self.batch_size : (b + 1) * self.batch_size]
-
-    def __len__(self) -> int:
-        return self.batches_per_epoch - self.start_batch

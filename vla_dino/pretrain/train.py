@@ -155,7 +155,7 @@ class _Run:
 def _train(config: PretrainConfig, resume: str | None, info: D.DistInfo) -> RunResult:
     run, position = _set_up(config, resume, info)
     # CUDA: the next batch is copied (and its JPEGs decoded) on a side stream while the step runs; CPU: pass-through
-    batches = DevicePrefetcher(_batch_stream(run.dataset, run.sampler, position, config, info.device), info.device)
+    batches = DevicePrefetcher(batch_stream(run.dataset, run.sampler, position, config, info.device), info.device)
     progress = tqdm(total=run.stop_step, initial=position.step, disable=not (info.is_main and config.log.progress_bar), unit="step")
     stop_signal = _StopSignal()
     stopped_by, last_saved = "finished", None
@@ -583,29 +583,29 @@ def frame_list_fingerprint(dataset: FrameDataset) -> str:
     return digest.hexdigest()[:16]
 
 
-def _batch_stream(
+def batch_stream(
     dataset: FrameDataset, sampler: ResumableBatchSampler, start: TrainPosition, config: PretrainConfig, device: torch.device
 ) -> Iterator[tuple[dict[str, Any], tuple[int, int]]]:
-    """Endless batches from `start` on, each with the (epoch, batch_in_epoch) of the batch after it."""
+    """Endless batches from `start` on, each with the (epoch, batch_in_epoch) of the batch after it.
+
+    One DataLoader for the whole run: its workers start once, and an epoch boundary is a batch like any
+    other (a loader per epoch restarted them, a stall of their start-up and first batch at every epoch).
+    Each index carries its epoch for the temporal-neighbour draw."""
     epoch, batch_index = start.epoch, start.batch_in_epoch
     decode = JpegBatchDecoder(dataset, device) if dataset.defer_jpeg else None  # JPEG bytes from the workers
-    while True:
-        sampler.set_position(epoch, batch_index)
-        dataset.set_epoch(epoch)  # temporal-neighbour draws change per epoch (before workers copy it)
-        loader = DataLoader(
-            dataset,
-            batch_sampler=sampler,
-            collate_fn=collate_frames,
-            num_workers=config.data.num_workers,
-            pin_memory=device.type == "cuda",
-            # An explicit generator: the loader's worker seeds then never draw from (and shift)
-            # the global torch RNG, which the augmentations use.
-            generator=torch.Generator().manual_seed(config.train.seed + epoch),
-            persistent_workers=False,
-        )
-        for batch in loader:
-            epoch, batch_index = sampler.next_position(epoch, batch_index)
-            yield (decode(batch) if decode else batch), (epoch, batch_index)
+    loader = DataLoader(
+        dataset,
+        batch_sampler=sampler.batches(epoch, batch_index),
+        collate_fn=collate_frames,
+        num_workers=config.data.num_workers,
+        pin_memory=device.type == "cuda",
+        # An explicit generator: the loader's worker seeds then never draw from (and shift)
+        # the global torch RNG, which the augmentations use.
+        generator=torch.Generator().manual_seed(config.train.seed + epoch),
+    )
+    for batch in loader:
+        epoch, batch_index = sampler.next_position(epoch, batch_index)
+        yield (decode(batch) if decode else batch), (epoch, batch_index)
 
 
 # -------------------------------------------------------------------- model
