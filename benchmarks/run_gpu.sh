@@ -28,6 +28,7 @@ encoder)
   bench adapter_openvla_bf16 150 python benchmarks/bench_adapter.py --openvla --device cuda --batch 32 --dtype bfloat16
   ;;
 core)
+  bench sinkhorn_65536 60 python benchmarks/bench_sinkhorn.py --device cuda --rows 128 8192 --prototypes 65536
   bench ssl_step_vits14 150 python benchmarks/bench_ssl_step.py --device cuda --size vits14 --batch 64 --bf16
   bench mfu_vits_vitb_vitl 240 python benchmarks/bench_mfu.py --device cuda --sizes vits14 vitb14 vitl14 --batch 64 --precision bf16
   # model table, then frames/s per data stage (nvJPEG decode, pinned/prefetched copies) and supply ÷ consumption

@@ -24,26 +24,35 @@ def sinkhorn_knopp(logits: torch.Tensor, temperature: float, iterations: int = 3
     subtracted first (exact after normalisation, avoids fp32 overflow at small τ); cosine
     logits in [−1, 1] stay clear of underflow for τ ≥ 0.012.
 
+    Computed as Q = diag(u) E diag(v) with E = exp(t / τ − max)ᵀ and two scaling vectors: each
+    normalisation rescales u or v, and a row or column sum of Q is a matrix-vector product with E
+    (u ⊙ E v, v ⊙ Eᵀ u). E is read twice per iteration and written once at the end, where upstream's
+    loop (dinov2/loss/dino_clstoken_loss.py) reads and writes the whole B × K matrix four times per
+    iteration; for iBOT's masked patches at K = 65536 that matrix is a gigabyte.
+
     Collectives: one max, then one sum per iteration. Q / ΣQ is a common factor that the first
     row normalisation removes exactly, so it is skipped, and B travels in the first row-sum
-    all-reduce (upstream, dinov2/loss/dino_clstoken_loss.py, spends two more all-reduces on them).
+    all-reduce (upstream spends two more all-reduces on them).
     """
     if iterations < 1:
         raise ValueError(f"sinkhorn_knopp: iterations={iterations}; expected at least 1")
-    scaled = logits.float() / temperature
+    scaled = logits.float() / temperature  # (B, K), a new tensor: E is computed in place
     peak = scaled.max() if scaled.numel() else scaled.new_full((), float("-inf"))
     peak = all_reduce_max(peak.clone())
-    q = torch.exp(scaled - peak).t()  # (K, B)
-    num_prototypes = q.shape[0]
-    first = all_reduce_sum(torch.cat([q.sum(dim=1), q.new_full((1,), q.shape[1])]))  # new_full: no host→device copy
-    row_sums, num_samples = first[:-1, None], first[-1]
+    exp = scaled.sub_(peak).exp_()
+    num_prototypes = exp.shape[1]
+    col_scale = exp.new_ones(exp.shape[0])  # v: one per sample
+    # first row sums (u = 1, v = 1) with B appended, then B from it
+    first = all_reduce_sum(torch.cat([exp.sum(dim=0), exp.new_full((1,), exp.shape[0])]))  # new_full: no host copy
+    row_sums, num_samples = first[:-1], first[-1]
+    row_scale = exp.new_ones(num_prototypes)  # u: one per prototype
     for iteration in range(iterations):
         if iteration:
-            row_sums = all_reduce_sum(q.sum(dim=1, keepdim=True))
-        q /= row_sums * num_prototypes
-        q /= q.sum(dim=0, keepdim=True) * num_samples
-    q *= num_samples
-    return q.t()
+            row_sums = all_reduce_sum(row_scale * (col_scale @ exp))  # Σ_b v_b E_bk u_k
+        row_scale = row_scale / (row_sums * num_prototypes)
+        col_sums = col_scale * (exp @ row_scale)  # Σ_k v_b E_bk u_k, this rank's samples
+        col_scale = col_scale / (col_sums * num_samples)
+    return exp.mul_(row_scale).mul_((col_scale * num_samples).unsqueeze(1))
 
 
 class SoftmaxCenter(nn.Module):
