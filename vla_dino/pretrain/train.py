@@ -1,13 +1,14 @@
 """The pretraining loop, readable top to bottom.
 
-    frames (start-up scan, DataLoader, sharded resumable sampler) → multi-crop on the training
-    device → `SSLTrainer.step` (forward under autocast → backward → clip → non-finite guard → fused
-    AdamW → EMA teacher) → logs / collapse monitor / checkpoints → exported teacher
+    frames (start-up scan, one DataLoader over the sharded resumable sampler, next batch copied to the
+    GPU while a step runs) → multi-crop on the training device → `SSLTrainer.step` (forward under
+    autocast → backward → clip → non-finite guard → fused AdamW → EMA teacher; nothing read back) →
+    the previous step's values read back → logs / collapse monitor / checkpoints → exported teacher
 
 `train(config, resume)` is the whole run; `python -m vla_dino.pretrain` parses the command
 line into a `PretrainConfig` and calls it (also under torchrun, one call per process).
 `_train` reads top to bottom: `_set_up` (data, model, trainer, resume) → the loop over batches
-(`_log_step`, `_save` at a `TrainPosition`) → `_finish`.
+(`_settle` → `_log_step`, `_save` at a `TrainPosition`) → `_finish`.
 
 The run stops only for a reason it states (vla_dino/pretrain/errors.py) and never loses more than
 one checkpoint interval: every path through the loop, including batches skipped because no frame
