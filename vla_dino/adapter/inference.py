@@ -126,20 +126,11 @@ def fuse_qkv(module: nn.Module) -> int:
     Call `module.eval().requires_grad_(False)` first. A missing q/k/v bias (DINOv3's key) becomes zeros.
     """
     targets = [(name, child) for name, child in module.named_modules() if _layout(child) is not None]
-    for name, child in targets:
-        if not name:
-            raise ValueError("fuse_qkv: pass the model that contains the attention layer, not the layer itself")
-        if child.training or any(p.requires_grad for p in child.parameters()):
-            raise RuntimeError(
-                f"fuse_qkv: {name} is in training mode or requires grad; fusing is for "
-                "inference only (call .eval().requires_grad_(False) first)"
-            )
-    for name, child in targets:
-        _replace(module, name, _fused(child, _layout(child)))
+    fused = _replace_for_inference(module, targets, lambda child: _fused(child, _layout(child)), "fuse_qkv")
     left = unfused_attention(module)
     if left:
         logger.warning("fuse_qkv: left unfused (no fused forward for these classes): %s", _describe(left))
-    return len(targets)
+    return fused
 
 
 def unfused_attention(module: nn.Module) -> dict[str, int]:
@@ -208,15 +199,7 @@ def float8_linears(module: nn.Module) -> int:
     to a policy head whose last layer writes actions."""
     targets = [(name, child) for name, child in module.named_modules()
                if type(child) is nn.Linear and child.in_features % 16 == 0 and child.out_features % 16 == 0]
-    for name, child in targets:
-        if not name:
-            raise ValueError("float8_linears: pass the model that contains the Linear, not the Linear itself")
-        if child.training or child.weight.requires_grad:
-            raise RuntimeError(f"float8_linears: {name} is in training mode or requires grad; it is for inference only "
-                               "(call .eval().requires_grad_(False) first)")
-    for name, child in targets:
-        _replace(module, name, Float8Linear(child))
-    return len(targets)
+    return _replace_for_inference(module, targets, Float8Linear, "float8_linears")
 
 
 def _describe(counts: dict[str, int]) -> str:
@@ -255,6 +238,23 @@ def _fused(module: nn.Module, layout: _Layout) -> FusedQKVAttention:
         apply_rotary_pos_emb if layout.rope else None,
     )
     return fused.eval()
+
+
+def _replace_for_inference(
+    root: nn.Module, targets: list[tuple[str, nn.Module]], build: Callable[[nn.Module], nn.Module], what: str
+) -> int:
+    """Swap each (name, layer) of `targets` under `root` for `build(layer)`, after checking them all: a layer
+    in training mode or with trainable weights is refused (the rewrites make new tensors, which an optimiser
+    would not update), and so is `root` itself (it cannot be swapped in place). Returns how many."""
+    for name, child in targets:
+        if not name:
+            raise ValueError(f"{what}: pass the model that contains the layer, not the layer itself")
+        if child.training or any(p.requires_grad for p in child.parameters()):
+            raise RuntimeError(f"{what}: {name} is in training mode or requires grad; it is for inference only "
+                               "(call .eval().requires_grad_(False) first)")
+    for name, child in targets:
+        _replace(root, name, build(child))
+    return len(targets)
 
 
 def _replace(root: nn.Module, name: str, new: nn.Module) -> None:

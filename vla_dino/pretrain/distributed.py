@@ -22,8 +22,9 @@ class DistInfo:
     local_rank: int
     world_size: int
     device: torch.device
-    # The group for the loop's host-side agreements (stop signals, skip counts, RNG states): gloo beside
-    # an NCCL run, so they travel over CPU sockets and never queue behind the GPU's work; None: the default group.
+    # The gloo group for the loop's host-side agreements (stop signals, skip counts, RNG states): a new one beside
+    # an NCCL run, so they travel over CPU sockets and never queue behind the GPU's work; None: the default group,
+    # gloo itself. Either way their tensors live on the CPU.
     host_group: Any = field(default=None, compare=False)
 
     @property
@@ -79,7 +80,7 @@ def any_ranks(flags: tuple[bool, ...], info: DistInfo) -> tuple[bool, ...]:
     all-reduce for all of them, on the host group (it does not wait for the device)."""
     if not info.distributed:
         return flags
-    tensor = torch.tensor([int(f) for f in flags], device=_host_device(info))
+    tensor = torch.tensor([int(f) for f in flags])
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=info.host_group)
     return tuple(bool(v) for v in tensor.tolist())
 
@@ -98,14 +99,10 @@ def sum_ints(values: tuple[int, ...], info: DistInfo) -> tuple[int, ...]:
     """Element-wise sum over ranks (skip counters); collective when distributed."""
     if not info.distributed:
         return values
-    tensor = torch.tensor(values, dtype=torch.int64, device=_host_device(info))
+    tensor = torch.tensor(values, dtype=torch.int64)
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=info.host_group)
     return tuple(int(v) for v in tensor.tolist())
 
-
-def _host_device(info: DistInfo) -> torch.device:
-    """Where a host-group collective's tensor lives: CPU for gloo, the GPU only in an NCCL-only set-up."""
-    return torch.device("cpu") if info.host_group is not None or info.device.type != "cuda" else info.device
 
 
 # ------------------------------------------------------------------ wrapping

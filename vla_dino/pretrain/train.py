@@ -175,8 +175,8 @@ def _train(config: PretrainConfig, resume: str | None, info: D.DistInfo) -> RunR
             signalled, short = D.any_ranks((stop_signal.received is not None, batch["frame"].shape[0] < run.min_frames), info)
             if signalled and not short:
                 position.epoch, position.batch_in_epoch = before  # fetched, not trained on: a resume takes it first
-            elif short or signalled:
-                _take_skips(run, batch, position.step)  # a trained batch's skips are taken when its step is read
+            elif short:  # no step will read it back: its skips count now (a trained batch's, when its step is read)
+                _take_skips(run, batch, position.step)
             if signalled:
                 _drain(run, pending, position, progress)
                 pending = None

@@ -48,7 +48,7 @@ class StepResult:
         into pinned memory behind an event); `HostCopy.wait()` returns them as Python numbers."""
         names = list(self.metrics)
         values = torch.stack([self.finite.float(), self.loss.float(), self.grad_norm.float(),
-                              *(self.metrics[n].float().to(self.loss.device) for n in names)])
+                              *(self.metrics[n].float() for n in names)])
         if values.device.type != "cuda":
             return HostCopy(values, names, self.schedule, event=None)
         host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
