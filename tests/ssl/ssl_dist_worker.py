@@ -53,18 +53,20 @@ def shard(problem: dict[str, torch.Tensor], rank: int, world: int, batch: int = 
 
 
 def objective(part: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    from vla_dino.ssl.centering import SoftmaxCenter, sinkhorn_knopp
+    from vla_dino.ssl.centering import SoftmaxCenter, sinkhorn_knopp, sinkhorn_knopp_joint
     from vla_dino.ssl.losses import dino_loss, ibot_loss
 
     targets = sinkhorn_knopp(part["teacher_global"], 0.07)
     patch_targets = sinkhorn_knopp(part["teacher_patches"], 0.07)
+    joint = sinkhorn_knopp_joint([part["teacher_global"], part["teacher_patches"]], 0.07)  # shared all-reduces
     local, glob = dino_loss(part["student_global"], part["student_local"], targets, 0.1)
     ibot = ibot_loss(part["student_patches"], patch_targets, part["masks"], 0.1)
     center = SoftmaxCenter(targets.shape[1])
     softmax_targets = center(part["teacher_global"], 0.07)
     softmax_targets = center(part["teacher_global"] * 2, 0.07)
     return dict(
-        targets=targets, patch_targets=patch_targets, dino=local + glob, ibot=ibot,
+        targets=targets, patch_targets=patch_targets, joint_targets=joint[0], joint_patch_targets=joint[1],
+        dino=local + glob, ibot=ibot,
         softmax_targets=softmax_targets, center=center.center.clone(),
     )
 

@@ -29,6 +29,8 @@ def test_two_process_gloo_matches_single_process(tmp_path):
         rows = w.rank_rows(8, 4, rank, world)
         torch.testing.assert_close(result["targets"], single["targets"][rows])
         torch.testing.assert_close(result["patch_targets"], single["patch_targets"][result["patch_rows"]])
+        torch.testing.assert_close(result["joint_targets"], single["targets"][rows])
+        torch.testing.assert_close(result["joint_patch_targets"], single["patch_targets"][result["patch_rows"]])
         torch.testing.assert_close(result["softmax_targets"], single["softmax_targets"][rows])
         torch.testing.assert_close(result["center"], single["center"])
     # Per-rank means: the average over ranks (what DDP's gradient average sees) is the loss

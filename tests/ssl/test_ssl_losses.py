@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from vla_dino.ssl.centering import SoftmaxCenter, TeacherTargets, sinkhorn_knopp
+from vla_dino.ssl.centering import SoftmaxCenter, TeacherTargets, joint_targets, sinkhorn_knopp, sinkhorn_knopp_joint
 from vla_dino.ssl.losses import cross_entropy, dino_loss, gram_loss, ibot_loss, koleo_loss, masked_patch_weights
 
 
@@ -126,18 +126,59 @@ def test_sinkhorn_matches_upstream_and_is_doubly_normalised():
     torch.testing.assert_close(converged.sum(dim=1), torch.ones(12))
 
 
-def test_sinkhorn_spends_one_max_and_one_sum_per_iteration(monkeypatch):
+def _count_collectives(monkeypatch) -> list[tuple[str, tuple[int, ...]]]:
     import vla_dino.ssl.centering as centering
 
     calls = []
     monkeypatch.setattr(centering, "all_reduce_sum", lambda t: calls.append(("sum", tuple(t.shape))) or t)
     monkeypatch.setattr(centering, "all_reduce_max", lambda t: calls.append(("max", tuple(t.shape))) or t)
+    return calls
+
+
+def test_sinkhorn_spends_one_max_and_one_sum_per_iteration(monkeypatch):
+    calls = _count_collectives(monkeypatch)
     logits = torch.randn(12, 6)
     torch.testing.assert_close(sinkhorn_knopp(logits, 0.1, iterations=3).double(), _naive_sinkhorn(logits, 0.1, 3),
                                rtol=1e-5, atol=1e-7)
-    assert calls == [("max", ()), ("sum", (7,)), ("sum", (6,)), ("sum", (6,))]  # row sums + B, then row sums
+    assert calls == [("max", (1,)), ("sum", (7,)), ("sum", (6,)), ("sum", (6,))]  # row sums + B, then row sums
     with pytest.raises(ValueError, match="iterations=0"):
         sinkhorn_knopp(logits, 0.1, iterations=0)
+
+
+def test_joint_sinkhorn_equals_separate_calls_with_one_call_s_collectives(monkeypatch):
+    # DINO's CLS rows and iBOT's masked patches: different B and K, one of them empty on this rank
+    cls_rows, patches, empty = torch.randn(12, 6) * 3, torch.randn(30, 10) * 3, torch.randn(0, 4)
+    separate = [sinkhorn_knopp(part, 0.1, iterations=3) for part in (cls_rows, patches, empty)]
+    calls = _count_collectives(monkeypatch)
+    joint = sinkhorn_knopp_joint([cls_rows, patches, empty], 0.1, iterations=3)
+    for got, expected in zip(joint, separate):
+        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-8)
+    # one max of the three peaks, then one sum per iteration carrying every problem's row sums (+ each B)
+    assert calls == [("max", (3,)), ("sum", (6 + 10 + 4 + 3,)), ("sum", (20,)), ("sum", (20,))]
+
+
+@pytest.mark.parametrize("centering", ["sinkhorn", "softmax"])
+def test_joint_targets_equal_each_head_alone_in_one_all_reduce_per_sum(monkeypatch, centering):
+    dino_logits, ibot_logits = torch.randn(8, 6), torch.randn(5, 9)
+    alone = [TeacherTargets(6, centering), TeacherTargets(9, centering)]
+    together = [TeacherTargets(6, centering), TeacherTargets(9, centering)]
+    for _ in range(2):  # the second call sees the softmax centres the first one moved
+        expected = [head(part, 0.2) for head, part in zip(alone, (dino_logits, ibot_logits))]
+        calls = _count_collectives(monkeypatch)
+        got = joint_targets(together, [dino_logits, ibot_logits], 0.2)
+        monkeypatch.undo()
+        for g, e in zip(got, expected):
+            torch.testing.assert_close(g, e, rtol=1e-6, atol=1e-8)
+        for a, t in zip(alone, together):
+            torch.testing.assert_close(t.center_norm(), a.center_norm())
+        if centering == "softmax":
+            assert calls == [("sum", (6 + 1 + 9 + 1,))]  # both centres' row sums and counts
+        else:
+            assert [kind for kind, _ in calls] == ["max", "sum", "sum", "sum"]
+    with pytest.raises(ValueError, match="disagree"):
+        joint_targets([TeacherTargets(6, "sinkhorn"), TeacherTargets(9, "softmax")], [dino_logits, ibot_logits], 0.2)
+    with pytest.raises(ValueError, match="2 heads for 1"):
+        joint_targets(together, [dino_logits], 0.2)
 
 
 def test_sinkhorn_is_stable_at_small_temperature_and_shift_invariant():

@@ -208,3 +208,17 @@ def test_on_cuda_neither_crops_nor_step_synchronise():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert values.wait().finite
+
+
+@pytest.mark.parametrize("centering, expected", [("sinkhorn", ["max", "sum", "sum", "sum"]), ("softmax", ["sum"])])
+def test_a_step_s_two_heads_share_their_target_all_reduces(monkeypatch, centering, expected):
+    # DINO's and iBOT's targets: one head's collectives for both (8 → 4 with 3 Sinkhorn-Knopp iterations, 2 → 1 softmax)
+    import vla_dino.ssl.centering as centering_module
+
+    calls = []
+    monkeypatch.setattr(centering_module, "all_reduce_sum", lambda t: calls.append("sum") or t)
+    monkeypatch.setattr(centering_module, "all_reduce_max", lambda t: calls.append("max") or t)
+    model, crops = tiny(centering=centering)
+    assert model.config.loss.ibot_weight > 0 and model.config.loss.sinkhorn_iterations == 3
+    model(crops, 0)
+    assert calls == expected

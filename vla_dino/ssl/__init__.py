@@ -41,7 +41,7 @@ frozen initial model (see configs/ssl/dinov2_continued.yaml).
 """
 
 from vla_dino.ssl.augment import MultiCropAugmentation, MultiCropBatch
-from vla_dino.ssl.centering import SoftmaxCenter, TeacherTargets, sinkhorn_knopp
+from vla_dino.ssl.centering import SoftmaxCenter, TeacherTargets, joint_targets, sinkhorn_knopp, sinkhorn_knopp_joint
 from vla_dino.ssl.config import (
     ContinuedConfig,
     CropConfig,
@@ -79,6 +79,8 @@ __all__ = [
     "SoftmaxCenter",
     "StepResult",
     "TeacherTargets",
+    "joint_targets",
     "sample_masks",
     "sinkhorn_knopp",
+    "sinkhorn_knopp_joint",
 ]

@@ -1,10 +1,14 @@
 """Teacher targets: Sinkhorn-Knopp (SwAV / DINOv2) or softmax with an EMA centre (DINO).
 
 Both compute in fp32 and all-reduce their sums across ranks, so targets on N ranks equal
-the targets of one process holding the concatenated batch.
+the targets of one process holding the concatenated batch. A step's heads (DINO's CLS rows,
+iBOT's masked patches) are separate problems; `joint_targets` solves them side by side so that
+each all-reduce carries every head's vector, and a step spends the collectives of one head.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -34,25 +38,37 @@ def sinkhorn_knopp(logits: torch.Tensor, temperature: float, iterations: int = 3
     row normalisation removes exactly, so it is skipped, and B travels in the first row-sum
     all-reduce (upstream spends two more all-reduces on them).
     """
+    return sinkhorn_knopp_joint([logits], temperature, iterations)[0]
+
+
+@torch.no_grad()
+def sinkhorn_knopp_joint(logits: Sequence[torch.Tensor], temperature: float, iterations: int = 3) -> list[torch.Tensor]:
+    """`sinkhorn_knopp` of several independent problems (any B and K each) with shared collectives.
+
+    Each problem is normalised on its own (its own max, B, row and column sums: the targets equal
+    separate calls), and every all-reduce carries all problems' vectors concatenated, so the
+    collectives are those of one call: one max, then one sum per iteration.
+    """
     if iterations < 1:
         raise ValueError(f"sinkhorn_knopp: iterations={iterations}; expected at least 1")
-    scaled = logits.float() / temperature  # (B, K), a new tensor: E is computed in place
-    peak = scaled.max() if scaled.numel() else scaled.new_full((), float("-inf"))
-    peak = all_reduce_max(peak.clone())
-    exp = scaled.sub_(peak).exp_()
-    num_prototypes = exp.shape[1]
-    col_scale = exp.new_ones(exp.shape[0])  # v: one per sample
-    # first row sums (u = 1, v = 1) with B appended, then B from it
-    first = all_reduce_sum(torch.cat([exp.sum(dim=0), exp.new_full((1,), exp.shape[0])]))  # new_full: no host copy
-    row_sums, num_samples = first[:-1], first[-1]
-    row_scale = exp.new_ones(num_prototypes)  # u: one per prototype
+    scaled = [part.float() / temperature for part in logits]  # new tensors: each E is computed in place
+    empty_max = scaled[0].new_full((), float("-inf"))
+    peaks = all_reduce_max(torch.stack([part.max() if part.numel() else empty_max for part in scaled]))
+    exps = [part.sub_(peak).exp_() for part, peak in zip(scaled, peaks)]
+    num_prototypes = [exp.shape[1] for exp in exps]
+    # first row sums (u = 1, v = 1) with each B appended; new_full: no host copy
+    first = all_reduce_sum(torch.cat([exp.sum(dim=0) for exp in exps] + [exp.new_full((1,), exp.shape[0]) for exp in exps]))
+    *row_sums, num_samples = first.split(num_prototypes + [len(exps)])
+    row_scales = [exp.new_ones(k) for exp, k in zip(exps, num_prototypes)]  # u: one per prototype
+    col_scales = [exp.new_ones(exp.shape[0]) for exp in exps]  # v: one per sample
     for iteration in range(iterations):
-        if iteration:
-            row_sums = all_reduce_sum(row_scale * (col_scale @ exp))  # Σ_b v_b E_bk u_k
-        row_scale = row_scale / (row_sums * num_prototypes)
-        col_sums = col_scale * (exp @ row_scale)  # Σ_k v_b E_bk u_k, this rank's samples
-        col_scale = col_scale / (col_sums * num_samples)
-    return exp.mul_(row_scale).mul_((col_scale * num_samples).unsqueeze(1))
+        if iteration:  # Σ_b v_b E_bk u_k, all problems in one all-reduce
+            row_sums = all_reduce_sum(torch.cat([u * (v @ exp) for exp, u, v in zip(exps, row_scales, col_scales)]))
+            row_sums = row_sums.split(num_prototypes)
+        row_scales = [u / (sums * k) for u, sums, k in zip(row_scales, row_sums, num_prototypes)]
+        # Σ_k v_b E_bk u_k: this rank's samples, no collective
+        col_scales = [v / (v * (exp @ u) * n) for exp, u, v, n in zip(exps, row_scales, col_scales, num_samples)]
+    return [exp.mul_(u).mul_((v * n).unsqueeze(1)) for exp, u, v, n in zip(exps, row_scales, col_scales, num_samples)]
 
 
 class SoftmaxCenter(nn.Module):
@@ -70,11 +86,29 @@ class SoftmaxCenter(nn.Module):
 
     @torch.no_grad()
     def forward(self, logits: torch.Tensor, temperature: float) -> torch.Tensor:
-        logits = logits.float()
-        targets = F.softmax((logits - self.center) / temperature, dim=-1)
-        self._before = self.center.clone()
-        self.update(logits)
+        targets = self.targets(logits, temperature)
+        self.apply_stats(all_reduce_sum(self.local_stats(logits)))
         return targets
+
+    @torch.no_grad()
+    def targets(self, logits: torch.Tensor, temperature: float) -> torch.Tensor:
+        """softmax((t − c) / τ) with the current centre; no update."""
+        return F.softmax((logits.float() - self.center) / temperature, dim=-1)
+
+    @torch.no_grad()
+    def local_stats(self, logits: torch.Tensor) -> torch.Tensor:
+        """This rank's row sum with its row count appended (dim + 1): what the update all-reduces."""
+        return torch.cat([logits.float().sum(dim=0), logits.new_full((1,), logits.shape[0], dtype=torch.float32)])
+
+    @torch.no_grad()
+    def apply_stats(self, stats: torch.Tensor) -> None:
+        """The EMA update from all-reduced `local_stats`; kept for `revert_if`."""
+        self._before = self.center.clone()
+        count = stats[-1].clamp(min=1.0)
+        batch_center = (stats[:-1] / count).unsqueeze(0)
+        has_rows = (stats[-1] > 0).float()  # keep the centre when no rank had rows (no masked patches)
+        momentum = 1.0 - (1.0 - self.momentum) * has_rows
+        self.center.mul_(momentum).add_((1.0 - momentum) * batch_center)
 
     @torch.no_grad()
     def revert_if(self, skip: torch.Tensor) -> None:
@@ -82,16 +116,6 @@ class SoftmaxCenter(nn.Module):
         if self._before is not None:
             self.center.copy_(torch.where(skip, self._before, self.center))
             self._before = None
-
-    @torch.no_grad()
-    def update(self, logits: torch.Tensor) -> None:
-        stats = torch.cat([logits.float().sum(dim=0), logits.new_full((1,), logits.shape[0], dtype=torch.float32)])
-        stats = all_reduce_sum(stats)
-        count = stats[-1].clamp(min=1.0)
-        batch_center = (stats[:-1] / count).unsqueeze(0)
-        has_rows = (stats[-1] > 0).float()  # keep the centre when no rank had rows (no masked patches)
-        momentum = 1.0 - (1.0 - self.momentum) * has_rows
-        self.center.mul_(momentum).add_((1.0 - momentum) * batch_center)
 
 
 class TeacherTargets(nn.Module):
@@ -107,9 +131,7 @@ class TeacherTargets(nn.Module):
 
     @torch.no_grad()
     def forward(self, logits: torch.Tensor, temperature: float) -> torch.Tensor:
-        if self.softmax_center is None:
-            return sinkhorn_knopp(logits, temperature, self.sinkhorn_iterations)
-        return self.softmax_center(logits, temperature)
+        return joint_targets([self], [logits], temperature)[0]
 
     def revert_if(self, skip: torch.Tensor) -> None:
         """Softmax centring: undo the last call's centre update when `skip` is True (Sinkhorn-Knopp keeps no state)."""
@@ -120,3 +142,22 @@ class TeacherTargets(nn.Module):
         if self.softmax_center is None:
             return torch.zeros(())
         return self.softmax_center.center.norm()
+
+
+@torch.no_grad()
+def joint_targets(heads: Sequence[TeacherTargets], logits: Sequence[torch.Tensor], temperature: float) -> list[torch.Tensor]:
+    """Each head's targets for its teacher logits, as separate calls would give them, with the
+    cross-rank sums of all heads in shared all-reduces (the heads must agree on centering)."""
+    if len(heads) != len(logits) or not heads:
+        raise ValueError(f"joint_targets: {len(heads)} heads for {len(logits)} logit tensors; expected one each")
+    settings = {(head.centering, head.sinkhorn_iterations) for head in heads}
+    if len(settings) > 1:
+        raise ValueError(f"joint_targets: heads disagree on (centering, sinkhorn_iterations): {sorted(settings)}")
+    if heads[0].softmax_center is None:
+        return sinkhorn_knopp_joint(logits, temperature, heads[0].sinkhorn_iterations)
+    centers = [head.softmax_center for head in heads]
+    targets = [center.targets(part, temperature) for center, part in zip(centers, logits)]
+    stats = all_reduce_sum(torch.cat([center.local_stats(part) for center, part in zip(centers, logits)]))
+    for center, part_stats in zip(centers, stats.split([center.center.shape[1] + 1 for center in centers])):
+        center.apply_stats(part_stats)
+    return targets

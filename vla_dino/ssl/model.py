@@ -12,7 +12,7 @@ from transformers.models.dinov2.modeling_dinov2 import Dinov2DropPath
 
 from vla_dino.encoder import DinoEncoder
 from vla_dino.ssl.augment import MultiCropBatch
-from vla_dino.ssl.centering import TeacherTargets
+from vla_dino.ssl.centering import TeacherTargets, joint_targets
 from vla_dino.ssl.config import SSLConfig
 from vla_dino.ssl.dist import world_size
 from vla_dino.ssl.heads import DinoHead
@@ -161,8 +161,12 @@ class SSLModel(nn.Module):
 
         with torch.no_grad():
             teacher = self.teacher(crops, mask_index=mask_index)
-            dino_targets = self.dino_targets(teacher.dino_global, temperature)
-            ibot_targets = self.ibot_targets(teacher.ibot, temperature) if use_ibot else None
+            if use_ibot:  # both heads' cross-rank sums share their all-reduces
+                dino_targets, ibot_targets = joint_targets(
+                    [self.dino_targets, self.ibot_targets], [teacher.dino_global, teacher.ibot], temperature
+                )
+            else:
+                dino_targets, ibot_targets = self.dino_targets(teacher.dino_global, temperature), None
             reference = self.gram_reference(crops).patch_tokens if self.gram_reference is not None else None
 
         student = self.student(crops, batch.local_crops if batch.num_local else None, masks, mask_index)
