@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # Runs the benchmark scripts on a CUDA machine and keeps each table in $OUT/<name>.txt.
 # On the offline reference GPU machine (torch/transformers preinstalled), packages it lacks
-# travel as wheels in .gpu_wheels/ (made with `pip download --no-deps`, see benchmarks/RESULTS.md).
+# travel as wheels in .gpu_wheels/ (made by benchmarks/gpu_wheels.sh on a machine with network).
 #   OUT=/tmp/gpu bash benchmarks/run_gpu.sh [group]
-#   group: encoder | core (default) | compile | scaling | policy | runtime | runtime-eager
+#   group: headline | encoder | core (default) | compile | scaling | policy | runtime | runtime-eager
+# headline fits one 10-minute device command: the step against lightly, Sinkhorn-Knopp, MFU and the runtime rows.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-outputs/gpu_bench}; mkdir -p "$OUT"
 if [ -d .gpu_wheels ] && ! python -c "import lerobot" 2>/dev/null; then
   python -m pip install --no-deps .gpu_wheels/*.whl 2>&1 | tail -3
 fi
+python -c "import lerobot" 2>/dev/null || echo "note: lerobot is missing (no .gpu_wheels/): run benchmarks/gpu_wheels.sh where there is network"
+
 # our three distributions, editable (LeRobot discovers plugins by installed distribution name)
 (cd /tmp && python -c "import lerobot_policy_vla_dino") 2>/dev/null \
   || python -m pip install -q --no-deps --no-build-isolation -e . -e ./policies -e ./envs 2>&1 | grep -v "as the 'root' user"
@@ -22,6 +25,12 @@ bench() {  # name, timeout seconds, command...
 }
 
 case "${1:-core}" in
+headline)  # the issue's figures that need no compile warm-up, most important first (timeouts sum to 540 s)
+  bench ssl_step_vits14 130 python benchmarks/bench_ssl_step.py --device cuda --size vits14 --batch 64 --bf16
+  bench runtime_moonshot_bf16 170 python benchmarks/bench_runtime_latency.py --device cuda --preset vla_dino-moonshot --dtype bf16 --cast-weights --variants unfused fused fused+fp8
+  bench sinkhorn_65536 40 python benchmarks/bench_sinkhorn.py --device cuda --rows 128 8192 --prototypes 65536
+  bench mfu_vits_vitb_vitl 200 python benchmarks/bench_mfu.py --device cuda --sizes vits14 vitb14 vitl14 --batch 64 --precision bf16
+  ;;
 encoder)
   bench encoder_vitl14_reg_bf16 120 python benchmarks/bench_encoder.py --device cuda --size vitl14_reg --batch 32 --dtype bfloat16
   bench encoder_vitg14_bf16 120 python benchmarks/bench_encoder.py --device cuda --size vitg14 --batch 16 --dtype bfloat16
