@@ -39,6 +39,7 @@ encoder)
 core)
   bench sinkhorn_65536 60 python benchmarks/bench_sinkhorn.py --device cuda --rows 128 8192 --prototypes 65536
   bench ssl_step_vits14 150 python benchmarks/bench_ssl_step.py --device cuda --size vits14 --batch 64 --bf16
+  bench ibot_loss 60 python benchmarks/bench_ibot_loss.py --device cuda --rows 2048 8192 --bf16 --iters 5
   bench mfu_vits_vitb_vitl 240 python benchmarks/bench_mfu.py --device cuda --sizes vits14 vitb14 vitl14 --batch 64 --precision bf16
   # model table, then frames/s per data stage (nvJPEG decode, pinned/prefetched copies) and supply ÷ consumption
   bench pretrain_throughput 200 python benchmarks/bench_pretrain_throughput.py --device cuda --preset vits14_scratch --sizes vits14 vitb14 --batch-sizes 64

@@ -23,7 +23,8 @@ def make_problem() -> dict[str, torch.Tensor]:
         teacher_global=torch.randn(2 * batch, k, generator=g),
         masks=masks,
         teacher_patches=torch.randn(int(masks.sum()), k, generator=g),
-        student_patches=torch.randn(int(masks.sum()), k, generator=g),
+        student_patches=torch.randn(int(masks.sum()), 6, generator=g),  # bottleneck features (d = 6)
+        prototypes=torch.randn(k, 6, generator=g),
     )
 
 
@@ -49,6 +50,7 @@ def shard(problem: dict[str, torch.Tensor], rank: int, world: int, batch: int = 
     out["patch_rows"] = rows
     out["teacher_patches"] = problem["teacher_patches"][rows]
     out["student_patches"] = problem["student_patches"][rows]
+    out["prototypes"] = problem["prototypes"]
     return out
 
 
@@ -60,7 +62,7 @@ def objective(part: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     patch_targets = sinkhorn_knopp(part["teacher_patches"], 0.07)
     joint = sinkhorn_knopp_joint([part["teacher_global"], part["teacher_patches"]], 0.07)  # shared all-reduces
     local, glob = dino_loss(part["student_global"], part["student_local"], targets, 0.1)
-    ibot = ibot_loss(part["student_patches"], patch_targets, part["masks"], 0.1)
+    ibot = ibot_loss(part["student_patches"], part["prototypes"], patch_targets, part["masks"], 0.1)
     center = SoftmaxCenter(targets.shape[1])
     softmax_targets = center(part["teacher_global"], 0.07)
     softmax_targets = center(part["teacher_global"] * 2, 0.07)

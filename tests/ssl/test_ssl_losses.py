@@ -4,9 +4,10 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from vla_dino.ssl.centering import SoftmaxCenter, TeacherTargets, joint_targets, sinkhorn_knopp, sinkhorn_knopp_joint
-from vla_dino.ssl.losses import cross_entropy, dino_loss, gram_loss, ibot_loss, koleo_loss, masked_patch_weights
+from vla_dino.ssl.losses import cross_entropy, dino_loss, gram_loss, ibot_loss, koleo_loss, masked_patch_weights, prototype_cross_entropy
 
 
 def test_cross_entropy_by_hand():
@@ -64,11 +65,73 @@ def test_ibot_loss_weights_each_image_by_its_masked_count():
     # 3 images × 4 patches; image 0 has 2 masked patches, image 1 has 1, image 2 none.
     masks = torch.tensor([[1, 0, 1, 0], [0, 0, 0, 1], [0, 0, 0, 0]], dtype=torch.bool)
     torch.testing.assert_close(masked_patch_weights(masks), torch.tensor([0.5, 0.5, 1.0]))
-    student = torch.randn(3, 5)
+    features, prototypes = torch.randn(3, 4), torch.randn(5, 4)
     targets = torch.softmax(torch.randn(3, 5), -1)
-    h = cross_entropy(student, targets, 0.1)
+    h = cross_entropy(features @ prototypes.T, targets, 0.1)
     expected = ((h[0] + h[1]) / 2 + h[2]) / 3  # the unmasked image counts in the mean with 0
-    torch.testing.assert_close(ibot_loss(student, targets, masks, 0.1), expected)
+    torch.testing.assert_close(ibot_loss(features, prototypes, targets, masks, 0.1), expected)
+    with pytest.raises(ValueError, match="2 masked-patch features for 3 masked patches"):
+        ibot_loss(features[:2], prototypes, targets[:2], masks, 0.1)
+
+
+def _plain_prototype_loss(features, prototypes, targets, temp, weights):
+    """The path the fused loss replaces: logits, then the row cross-entropy (saves (M, K) tensors)."""
+    return (cross_entropy(F.linear(features, prototypes), targets, temp) * weights).sum()
+
+
+@pytest.mark.parametrize("chunk_rows", [None, 3, 64])  # one chunk; 4 chunks with a remainder; more rows than M
+def test_prototype_cross_entropy_matches_the_plain_path_with_its_gradients(chunk_rows):
+    g = torch.Generator().manual_seed(0)
+    features = F.normalize(torch.randn(10, 8, generator=g, dtype=torch.float64), dim=-1).requires_grad_()
+    weight = torch.randn(32, 8, generator=g, dtype=torch.float64).requires_grad_()
+    targets = torch.softmax(torch.randn(10, 32, generator=g, dtype=torch.float64) * 3, -1) * 0.9  # rows sum to 0.9
+    weights = torch.rand(10, generator=g, dtype=torch.float64)
+    fused = prototype_cross_entropy(features, F.normalize(weight, dim=-1), targets, 0.1, weights, chunk_rows)
+    grads = torch.autograd.grad(fused * 1.7, (features, weight))
+    plain = _plain_prototype_loss(features, F.normalize(weight, dim=-1), targets, 0.1, weights)
+    expected = torch.autograd.grad(plain * 1.7, (features, weight))
+    torch.testing.assert_close(fused, plain.float())  # the loss is accumulated in fp32
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+
+
+def test_prototype_cross_entropy_under_bf16_autocast_rounds_the_logits_like_f_linear():
+    g = torch.Generator().manual_seed(1)
+    features = F.normalize(torch.randn(12, 16, generator=g), dim=-1).requires_grad_()
+    prototypes = F.normalize(torch.randn(40, 16, generator=g), dim=-1).requires_grad_()
+    targets, weights = torch.softmax(torch.randn(12, 40, generator=g), -1), torch.full((12,), 1 / 12)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused = prototype_cross_entropy(features, prototypes, targets, 0.1, weights, chunk_rows=5)
+        plain = _plain_prototype_loss(features, prototypes, targets, 0.1, weights)  # F.linear in bf16 here
+    torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-6)  # the same bf16 logits, the rest fp32
+    for got, want in zip(torch.autograd.grad(fused, (features, prototypes)), torch.autograd.grad(plain, (features, prototypes))):
+        assert got.dtype == want.dtype == torch.float32
+        torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-4)  # bf16 matmuls in backward on both paths
+
+
+def test_prototype_cross_entropy_keeps_no_rows_by_prototypes_matrix_but_the_targets():
+    rows, k = 24, 256
+    features = F.normalize(torch.randn(rows, 8), dim=-1).requires_grad_()
+    prototypes = F.normalize(torch.randn(k, 8), dim=-1).requires_grad_()
+    targets, weights = torch.softmax(torch.randn(rows, k), -1), torch.ones(rows)
+
+    def saved_matrices(loss_fn) -> list[int]:
+        saved = []
+
+        def pack(tensor):
+            if tensor.shape == (rows, k):
+                saved.append(tensor.data_ptr())
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            loss_fn(features, prototypes, targets, 0.1, weights).backward()
+        return saved
+
+    assert saved_matrices(prototype_cross_entropy) == [targets.data_ptr()]  # made by the teacher anyway
+    plain = saved_matrices(_plain_prototype_loss)
+    assert len([ptr for ptr in plain if ptr != targets.data_ptr()]) >= 1  # the plain path keeps log-probabilities
+    with pytest.raises(ValueError, match="expected \\(M, d\\), \\(K, d\\)"):
+        prototype_cross_entropy(features, prototypes[:5], targets, 0.1, weights)
 
 
 def test_koleo_by_hand():

@@ -16,8 +16,12 @@ class NormalizedPrototypes(nn.Module):
         self.weight = nn.Parameter(torch.empty(num_prototypes, in_dim))
         nn.init.trunc_normal_(self.weight, std=0.02)
 
+    def normalized_weight(self) -> torch.Tensor:
+        """W / ‖W‖_row (K, in_dim): the prototypes the logits are cosine similarities to."""
+        return F.normalize(self.weight, dim=-1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, F.normalize(self.weight, dim=-1))
+        return F.linear(x, self.normalized_weight())
 
 
 class DinoHead(nn.Module):
@@ -45,7 +49,10 @@ class DinoHead(nn.Module):
     def num_prototypes(self) -> int:
         return self.last_layer.weight.shape[0]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def bottleneck(self, x: torch.Tensor) -> torch.Tensor:
+        """The L2-normalised MLP output (…, bottleneck_dim), before the prototypes."""
         x = self.mlp(x)
-        x = F.normalize(x, dim=-1, eps=1e-6 if x.dtype == torch.float16 else 1e-12)
-        return self.last_layer(x)
+        return F.normalize(x, dim=-1, eps=1e-6 if x.dtype == torch.float16 else 1e-12)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.last_layer(self.bottleneck(x))

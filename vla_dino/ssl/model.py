@@ -27,7 +27,8 @@ class NetworkOutput:
     global_patches: torch.Tensor  # (2B, P, D)
     dino_global: torch.Tensor  # (2B, K)
     dino_local: torch.Tensor | None  # (L·B, K)
-    ibot: torch.Tensor | None  # (M, K) at the masked positions
+    ibot: torch.Tensor | None  # at the M masked positions: logits (M, K), or bottleneck features (M, d) (`ibot_features`)
+    ibot_prototypes: torch.Tensor | None = None  # (K, d) the iBOT head's normalised last layer, with `ibot_features`
 
 
 class SSLNetwork(nn.Module):
@@ -49,7 +50,10 @@ class SSLNetwork(nn.Module):
         local_crops: torch.Tensor | None = None,
         masks: torch.Tensor | None = None,
         mask_index: torch.Tensor | None = None,
+        ibot_features: bool = False,
     ) -> NetworkOutput:
+        """`ibot_features`: return the masked patches' bottleneck features and the iBOT prototypes instead of
+        their (M, K) logits, for `ibot_loss`, which forms the logits chunk by chunk (the student's path)."""
         has_local = local_crops is not None and local_crops.numel() > 0
         if self.pack_crops and has_local:
             glob, local = self.backbone.forward_packed([global_crops, local_crops], [masks, None])
@@ -61,16 +65,22 @@ class SSLNetwork(nn.Module):
         if mask_index is not None:
             patches = glob.patch_tokens.flatten(0, 1).index_select(0, mask_index)
         # One head call over all inputs of the shared head (fewer, larger matmuls).
-        inputs = [x for x in (local_cls, glob.cls_token) if x is not None]
-        if patches is not None and self.ibot_head is None:
-            inputs.append(patches)
-        outputs = self.dino_head(torch.cat(inputs)).split([x.shape[0] for x in inputs])
-        dino_local = outputs[0] if local_cls is not None else None
-        dino_global = outputs[1 if local_cls is not None else 0]
-        ibot = None
+        cls_tokens = [x for x in (local_cls, glob.cls_token) if x is not None]
+        shared_patches = patches is not None and self.ibot_head is None
+        inputs = cls_tokens + [patches] if shared_patches else cls_tokens
+        features = self.dino_head.bottleneck(torch.cat(inputs)).split([x.shape[0] for x in inputs])
+        dino = self.dino_head.last_layer(torch.cat(features[: len(cls_tokens)])).split([x.shape[0] for x in cls_tokens])
+        dino_local = dino[0] if local_cls is not None else None
+        dino_global = dino[-1]
+        ibot = prototypes = None
         if patches is not None:
-            ibot = outputs[-1] if self.ibot_head is None else self.ibot_head(patches)
-        return NetworkOutput(glob.cls_token, glob.patch_tokens, dino_global, dino_local, ibot)
+            ibot_head = self.dino_head if self.ibot_head is None else self.ibot_head
+            ibot = features[-1] if shared_patches else ibot_head.bottleneck(patches)
+            if ibot_features:
+                prototypes = ibot_head.last_layer.normalized_weight()
+            else:
+                ibot = ibot_head.last_layer(ibot)
+        return NetworkOutput(glob.cls_token, glob.patch_tokens, dino_global, dino_local, ibot, prototypes)
 
 
 @dataclass
@@ -160,21 +170,16 @@ class SSLModel(nn.Module):
         temperature = self.schedules.teacher_temp(step)
 
         with torch.no_grad():
-            teacher = self.teacher(crops, mask_index=mask_index)
-            if use_ibot:  # both heads' cross-rank sums share their all-reduces
-                dino_targets, ibot_targets = joint_targets(
-                    [self.dino_targets, self.ibot_targets], [teacher.dino_global, teacher.ibot], temperature
-                )
-            else:
-                dino_targets, ibot_targets = self.dino_targets(teacher.dino_global, temperature), None
+            dino_targets, ibot_targets = self._teacher_targets(crops, mask_index, temperature)
             reference = self.gram_reference(crops).patch_tokens if self.gram_reference is not None else None
 
-        student = self.student(crops, batch.local_crops if batch.num_local else None, masks, mask_index)
+        local_crops = batch.local_crops if batch.num_local else None
+        student = self.student(crops, local_crops, masks, mask_index, ibot_features=True)
         dino_local, dino_global = dino_loss(student.dino_global, student.dino_local, dino_targets, cfg.student_temp)
         total = cfg.dino_weight * (dino_local + dino_global)
         metrics = {"dino_local": dino_local, "dino_global": dino_global}
         if use_ibot:
-            metrics["ibot"] = ibot_loss(student.ibot, ibot_targets, masks, cfg.student_temp, mask_index)
+            metrics["ibot"] = ibot_loss(student.ibot, student.ibot_prototypes, ibot_targets, masks, cfg.student_temp, mask_index)
             total = total + cfg.ibot_weight * metrics["ibot"]
         if cfg.koleo_weight > 0:
             # Sum over the two global crops: no KoLeo between two crops of one image.
@@ -202,6 +207,19 @@ class SSLModel(nn.Module):
         return SSLOutput(total, {k: v.detach() for k, v in metrics.items()})
 
     # ------------------------------------------------------------------ teacher
+    @torch.no_grad()
+    def _teacher_targets(
+        self, crops: torch.Tensor, mask_index: torch.Tensor | None, temperature: float
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """DINO's and (with `mask_index`) iBOT's targets; the teacher's logits are freed on return, before the
+        student's forward."""
+        teacher = self.teacher(crops, mask_index=mask_index)
+        if mask_index is None:
+            return self.dino_targets(teacher.dino_global, temperature), None
+        # both heads' cross-rank sums share their all-reduces
+        dino, ibot = joint_targets([self.dino_targets, self.ibot_targets], [teacher.dino_global, teacher.ibot], temperature)
+        return dino, ibot
+
     @torch.no_grad()
     def update_teacher(self, step: int, skip: torch.Tensor | None = None) -> None:
         """teacher ← m·teacher + (1 − m)·student over backbone and heads, m = momentum(step);

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from vla_dino.ssl.losses.dino import cross_entropy
+from vla_dino.ssl.losses.prototypes import prototype_cross_entropy
 
 
 def masked_patch_weights(masks: torch.Tensor, mask_index: torch.Tensor | None = None) -> torch.Tensor:
@@ -18,16 +18,17 @@ def masked_patch_weights(masks: torch.Tensor, mask_index: torch.Tensor | None = 
 
 
 def ibot_loss(
-    student_logits: torch.Tensor, targets: torch.Tensor, masks: torch.Tensor, student_temp: float,
-    mask_index: torch.Tensor | None = None,
+    student_features: torch.Tensor, prototypes: torch.Tensor, targets: torch.Tensor, masks: torch.Tensor,
+    student_temp: float, mask_index: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """L_iBOT = (1 / N_img) Σ_i (1 / n_i) Σ_{p masked in i} H(t_p, s_p).
+    """L_iBOT = (1 / N_img) Σ_i (1 / n_i) Σ_{p masked in i} H(t_p, s_p),  s_p = softmax(f_p · Pᵀ / τ).
 
-    `student_logits`, `targets`: (M, K) for the M masked patches of `masks` (N_img, P) in
-    row-major `masks.nonzero()` order; images without a mask count in N_img with 0 loss
-    (as upstream, which divides by all global crops).
+    `student_features` (M, d): the student head's normalised bottleneck at the M masked patches of `masks`
+    (N_img, P), in row-major `masks.nonzero()` order; `prototypes` (K, d): the head's normalised last layer;
+    `targets` (M, K). The (M, K) student logits are never stored (`prototype_cross_entropy`). Images without a
+    mask count in N_img with 0 loss (as upstream, which divides by all global crops).
     """
     weights = masked_patch_weights(masks, mask_index)
-    if weights.shape[0] != student_logits.shape[0]:
-        raise ValueError(f"{student_logits.shape[0]} masked-patch logits for {weights.shape[0]} masked patches")
-    return (cross_entropy(student_logits, targets, student_temp) * weights).sum() / masks.shape[0]
+    if weights.shape[0] != student_features.shape[0]:
+        raise ValueError(f"{student_features.shape[0]} masked-patch features for {weights.shape[0]} masked patches")
+    return prototype_cross_entropy(student_features, prototypes, targets, student_temp, weights) / masks.shape[0]
