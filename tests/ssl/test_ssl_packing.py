@@ -100,6 +100,12 @@ def test_packed_forward_checks_its_inputs():
         encoder.forward_packed([globals_, locals_], [masks])
     with pytest.raises(ValueError, match="bool_masked_pos"):
         encoder.forward_packed([globals_, locals_], [None, masks])
+    # an attention layer of a layout vla_dino.encoder.attention does not know (here: the runtime's fused one)
+    from vla_dino.adapter.inference import fuse_qkv
+
+    fuse_qkv(encoder.eval().requires_grad_(False))
+    with pytest.raises(TypeError, match="FusedQKVAttention is not a Dinov2 attention layout"):
+        encoder.forward_packed([globals_, locals_])
 
 
 def _ssl_config(pack: bool) -> SSLConfig:

@@ -19,49 +19,28 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from transformers.models.dinov3_vit.modeling_dinov3_vit import apply_rotary_pos_emb
 
+from vla_dino.encoder.attention import DINOV2_LAYOUTS, AttentionLayout, attention_layout
+
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class _Layout:
-    """Where a transformers attention class keeps what the fused forward needs (attribute names)."""
+_SIGLIP = AttentionLayout("q_proj", "k_proj", "v_proj", "out_proj", "num_heads", "head_dim", "scale", "dropout")
 
-    q: str
-    k: str
-    v: str
-    out: str | None  # output projection in the same module; None: the parent applies it
-    heads: str
-    head_dim: str
-    scale: str
-    dropout: str
-    rope: bool = False  # DINOv3: rotary embedding on the patch tokens of q and k
-
-
-_NEW_DINOV2 = _Layout("q_proj", "k_proj", "v_proj", "o_proj", "num_attention_heads", "head_dim", "scaling", "attention_dropout")
-# transformers <= 5.1x: `Dinov2Attention` = `Dinov2SelfAttention` (returns the context before `output.dense`)
-# + `Dinov2SelfOutput`; only the self-attention part is replaced, the parent's output Linear stays.
-_OLD_DINOV2 = _Layout("query", "key", "value", None, "num_attention_heads", "attention_head_size", "scaling", "dropout_prob")
-_SIGLIP = _Layout("q_proj", "k_proj", "v_proj", "out_proj", "num_heads", "head_dim", "scale", "dropout")
-
-# transformers class name → layout, checked against the sources of transformers 5.17 and 5.24
-# (models/{dinov2, dinov2_with_registers, siglip, siglip2, dinov3_vit}/modeling_*.py). Each of these
-# forwards computes softmax(q kᵀ · scale [+ mask]) v per head with heads laid out as (…, heads, head_dim)
-# in the projection's output, dropout only in training, and returns (output, attention weights).
-_LAYOUTS: dict[str, _Layout] = {
-    "Dinov2Attention": _NEW_DINOV2,  # 5.2x
-    "Dinov2WithRegistersAttention": _NEW_DINOV2,  # 5.2x
-    "Dinov2SelfAttention": _OLD_DINOV2,  # 5.1x
-    "Dinov2WithRegistersSelfAttention": _OLD_DINOV2,  # 5.1x
+# transformers class name → layout: DINOv2's (both transformers layouts) and the other towers', checked against
+# the sources of transformers 5.17 and 5.24 (models/{siglip, siglip2, dinov3_vit}/modeling_*.py). Each of these
+# forwards returns (output, attention weights).
+_LAYOUTS: dict[str, AttentionLayout] = {
+    **DINOV2_LAYOUTS,
     "SiglipAttention": _SIGLIP,
     "Siglip2Attention": _SIGLIP,
-    "DINOv3ViTAttention": _Layout("q_proj", "k_proj", "v_proj", "o_proj", "num_heads", "head_dim", "scaling", "dropout", rope=True),
+    "DINOv3ViTAttention": AttentionLayout("q_proj", "k_proj", "v_proj", "o_proj", "num_heads", "head_dim", "scaling", "dropout", rope=True),
 }
+
 # Child names by which `unfused_attention` recognises an attention layer with separate projections.
 _QKV_NAMES = (("q_proj", "k_proj", "v_proj"), ("query", "key", "value"))
 
@@ -125,8 +104,8 @@ def fuse_qkv(module: nn.Module) -> int:
     require grad (the fused weights are new tensors: an optimizer would keep updating the old ones).
     Call `module.eval().requires_grad_(False)` first. A missing q/k/v bias (DINOv3's key) becomes zeros.
     """
-    targets = [(name, child) for name, child in module.named_modules() if _layout(child) is not None]
-    fused = _replace_for_inference(module, targets, lambda child: _fused(child, _layout(child)), "fuse_qkv")
+    targets = [(name, child) for name, child in module.named_modules() if attention_layout(child, _LAYOUTS) is not None]
+    fused = _replace_for_inference(module, targets, lambda child: _fused(child, attention_layout(child, _LAYOUTS)), "fuse_qkv")
     left = unfused_attention(module)
     if left:
         logger.warning("fuse_qkv: left unfused (no fused forward for these classes): %s", _describe(left))
@@ -206,23 +185,7 @@ def _describe(counts: dict[str, int]) -> str:
     return ", ".join(f"{name} ×{count}" for name, count in sorted(counts.items()))
 
 
-def _layout(module: nn.Module) -> _Layout | None:
-    """The layout of a transformers attention layer we can fuse (its attributes checked), else None."""
-    layout = _LAYOUTS.get(type(module).__name__)
-    if layout is None or not type(module).__module__.startswith("transformers."):
-        return None
-    linears = [getattr(module, n, None) for n in (layout.q, layout.k, layout.v)]
-    if not all(isinstance(linear, nn.Linear) for linear in linears):
-        return None  # another layout under the same class name (e.g. 5.1x `Dinov2Attention`, a wrapper)
-    if len({(linear.in_features, linear.out_features) for linear in linears}) != 1:
-        return None
-    heads, head_dim = getattr(module, layout.heads, None), getattr(module, layout.head_dim, None)
-    if not isinstance(heads, int) or not isinstance(head_dim, int) or heads * head_dim != linears[0].out_features:
-        return None
-    return layout
-
-
-def _fused(module: nn.Module, layout: _Layout) -> FusedQKVAttention:
+def _fused(module: nn.Module, layout: AttentionLayout) -> FusedQKVAttention:
     q, k, v = (getattr(module, n) for n in (layout.q, layout.k, layout.v))
     has_bias = any(linear.bias is not None for linear in (q, k, v))
     qkv = nn.Linear(q.in_features, 3 * q.out_features, bias=has_bias, device=q.weight.device, dtype=q.weight.dtype)

@@ -13,6 +13,7 @@ from torch import nn
 from transformers import AutoConfig, Dinov2Config, Dinov2Model, Dinov2WithRegistersConfig, Dinov2WithRegistersModel
 
 from vla_dino.encoder import official
+from vla_dino.encoder.attention import attention_layout
 from vla_dino.encoder.preprocessing import ImagePreprocessor
 from vla_dino.encoder.sizes import config_for_size, size_names
 
@@ -272,13 +273,17 @@ class DinoEncoder(nn.Module):
             return torch.cat([block.drop_path(p.view(n, s, -1)).flatten(0, 1) for p, (n, s) in zip(x.split(sizes), shapes)])
 
         attn = block.attention
-        if hasattr(attn, "q_proj"):  # transformers >= 5.2x: one Dinov2Attention with q/k/v/o projections
-            project, output = (attn.q_proj, attn.k_proj, attn.v_proj), attn.o_proj
-            head_dim, scale, dropout = attn.head_dim, attn.scaling, attn.attention_dropout
-        else:  # 5.1x (e.g. 5.17): Dinov2SelfAttention (query/key/value) + Dinov2SelfOutput (dense, dropout)
-            inner = attn.attention
-            project, output = (inner.query, inner.key, inner.value), lambda x: attn.output(x, None)
-            head_dim, scale, dropout = inner.attention_head_size, inner.scaling, inner.dropout_prob
+        layout = attention_layout(attn)
+        if layout is not None:  # transformers >= 5.2x: the block's attention holds q/k/v/o
+            inner, output = attn, getattr(attn, layout.out)
+        else:  # 5.1x (e.g. 5.17): a wrapper of Dinov2SelfAttention (q/k/v) + Dinov2SelfOutput (output Linear)
+            inner, output = getattr(attn, "attention", attn), lambda x: attn.output(x, None)
+            layout = attention_layout(inner)
+        if layout is None:
+            raise TypeError(f"forward_packed: {type(inner).__module__}.{type(inner).__name__} is not a Dinov2 attention "
+                            "layout vla_dino.encoder.attention knows (transformers 5.1x or 5.2x)")
+        project = [getattr(inner, name) for name in (layout.q, layout.k, layout.v)]
+        head_dim, scale, dropout = (getattr(inner, name) for name in (layout.head_dim, layout.scale, layout.dropout))
         normed = block.norm1(hidden)
         q, k, v = (linear(normed) for linear in project)
         dropout = dropout if attn.training else 0.0
