@@ -388,3 +388,29 @@ def test_kill_and_resume_with_changed_batch_or_frames(frames, tmp_path: Path, si
     state = load_checkpoint(out / "checkpoints" / f"step_{target:08d}.pt")
     assert state["data_position"]["global_batch"] == (8 if change == "batch_size" else 4)
     assert state["data_position"]["num_samples"] == (18 if change == "frames" else 12)
+
+
+def test_a_run_with_a_frame_cache_gets_the_batches_decoding_gives(frames, tmp_path: Path, caplog):
+    """`data.frame_cache`: the start-up decodes every source into the folder once (a second run reuses it), and
+    the loop's batches are the ones decoding every read gives; a folder that cannot be written is a DataError."""
+    from vla_dino.pretrain import distributed as D
+    from vla_dino.pretrain.train import TrainPosition, batch_stream, open_frames
+
+    info = D.DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+    batches = []
+    for cache in (None, tmp_path / "cache", tmp_path / "cache"):
+        config = tiny_config(frames, tmp_path / "run", **{"data.frame_cache": None if cache is None else str(cache)})
+        with caplog.at_level(logging.INFO, logger="vla_dino.pretrain"):
+            _, dataset, _ = open_frames(config, info)
+        assert (dataset.frame_cache is None) == (cache is None)
+        sampler = ResumableBatchSampler(len(dataset), config.data.batch_size, config.train.seed)
+        stream = batch_stream(dataset, sampler, TrainPosition(0, epoch=0, batch_in_epoch=0), config, info.device)
+        batches.append([next(stream)[0]["frame"] for _ in range(3)])
+    assert "2 source(s) decoded now, 0 reused" in caplog.text and "0 source(s) decoded now, 2 reused" in caplog.text
+    for cached in batches[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(batches[0], cached))
+
+    (tmp_path / "a_file").write_text("")
+    config = tiny_config(frames, tmp_path / "run", **{"data.frame_cache": str(tmp_path / "a_file" / "cache")})
+    with pytest.raises(DataError, match="data.frame_cache .*a_file/cache: cannot write the decoded frames there"):
+        open_frames(config, info)

@@ -31,6 +31,7 @@ from torch.utils.data import Dataset, get_worker_info
 
 from vla_dino.data.base import FrameReadError, FrameSource, square_resize
 from vla_dino.data.discovery import NoFramesError, discover_sources
+from vla_dino.data.frame_cache import FrameCache
 from vla_dino.data.hdf5 import HDF5Reader
 from vla_dino.data.images import ImageReader, read_jpeg_bytes
 from vla_dino.data.lerobot import LeRobotReader
@@ -77,6 +78,7 @@ class FrameDataset(Dataset):
         seed: int = 0,
         min_frame_side: int = 1,
         defer_jpeg: bool = False,
+        frame_cache: FrameCache | None = None,
     ) -> None:
         if frame_size < 1:
             raise ValueError(f"frame_size={frame_size}; expected a positive number of pixels")
@@ -89,6 +91,7 @@ class FrameDataset(Dataset):
         # blown up to 256² is noise, not a robot frame).
         self.min_frame_side = min_frame_side
         self.defer_jpeg = defer_jpeg
+        self.frame_cache = frame_cache  # sources it has built are read from it, not decoded
         self.sources = [s for s in sources if s.error is None and s.num_frames > 0]
         self.unreadable_sources = [s for s in sources if s.error is not None]
         if not self.sources:
@@ -149,8 +152,13 @@ class FrameDataset(Dataset):
         return sample
 
     def read_frame(self, source: FrameSource, frame: int) -> torch.Tensor:
-        """One frame as uint8 (3, S, S); with `defer_jpeg`, a plain JPEG file's bytes (1-D uint8) for
-        `JpegBatchDecoder` (files its check turns down are decoded here, which also says why one is unreadable)."""
+        """One frame as uint8 (3, S, S), from the `frame_cache` when it holds the source; with `defer_jpeg`, a plain
+        JPEG file's bytes (1-D uint8) for `JpegBatchDecoder` (files its check turns down are decoded here, which
+        also says why one is unreadable)."""
+        if self.frame_cache is not None:
+            cached = self.frame_cache.read(source, frame)
+            if cached is not None:
+                return cached
         if self.defer_jpeg and source.kind == "images":
             encoded = read_jpeg_bytes(source.files[frame], self.min_frame_side)
             if encoded is not None:

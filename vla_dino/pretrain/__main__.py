@@ -31,6 +31,7 @@ SHORTCUTS = {
     "batch_size": "data.batch_size",
     "device": "train.device",
     "num_workers": "data.num_workers",
+    "frame_cache": "data.frame_cache",
     "seed": "train.seed",
 }
 
@@ -82,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, help="frames per process per step")
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--num-workers", type=int, help="DataLoader worker processes")
+    parser.add_argument("--frame-cache", metavar="DIR", help="decode every frame once into DIR (3·frame_size² bytes a frame) "
+                        "and train from there; later runs reuse it (videos: no per-read decode from the keyframe)")
     parser.add_argument("--seed", type=int, help="run seed (data order, augmentations, init)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted override (repeatable)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")

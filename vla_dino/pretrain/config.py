@@ -60,6 +60,10 @@ class DataConfig:
     # cpu: the DataLoader workers decode every frame; cuda (on a CUDA device): they read JPEG files' bytes and the
     # training process decodes each batch with nvJPEG (other formats stay with the workers)
     decode_device: str = "cpu"
+    # A folder: every source decoded once, in order, into it at frame_size (3·frame_size² bytes a frame), and read
+    # from there; later runs reuse what is unchanged. Pays off most for videos, where a random read decodes from
+    # the keyframe before it. None: decode every read.
+    frame_cache: str | None = None
 
 
 @dataclass

@@ -34,7 +34,9 @@ from tqdm import tqdm
 
 from vla_dino.data import (
     DevicePrefetcher,
+    FrameCache,
     FrameDataset,
+    FrameSource,
     JpegBatchDecoder,
     NoFramesError,
     ScanResult,
@@ -548,6 +550,7 @@ def open_frames(config: PretrainConfig, info: D.DistInfo) -> tuple[ScanResult, F
             raise ConfigError(str(error)) from error
         held = FrameDataset(held_out, frame_size=data.frame_size, min_frame_side=data.min_frame_side)
         probe_frames = load_probe_frames(held, config.log.probe_max_frames)
+    cache = _build_frame_cache(config, train_sources, info) if data.frame_cache else None
     try:
         dataset = FrameDataset(
             train_sources + scan.unreadable_sources,
@@ -557,6 +560,7 @@ def open_frames(config: PretrainConfig, info: D.DistInfo) -> tuple[ScanResult, F
             seed=config.train.seed,
             min_frame_side=data.min_frame_side,
             defer_jpeg=data.decode_device == "cuda",
+            frame_cache=cache,
         )
     except NoFramesError as error:
         raise DataError(str(error)) from error
@@ -571,6 +575,25 @@ def open_frames(config: PretrainConfig, info: D.DistInfo) -> tuple[ScanResult, F
             f"{data.batch_size} × {info.world_size} process(es) = {needed}; {advice}"
         )
     return scan, dataset, probe_frames
+
+
+def _build_frame_cache(config: PretrainConfig, sources: list[FrameSource], info: D.DistInfo) -> FrameCache:
+    """`data.frame_cache`: the ranks decode the missing sources between them, then check that all are there."""
+    data = config.data
+    cache = FrameCache(data.frame_cache, data.frame_size, data.min_frame_side)
+    try:
+        report = cache.build(sources, workers=data.num_workers, progress=info.is_main and config.log.progress_bar,
+                             shard=(info.rank, info.world_size))
+    except OSError as error:
+        raise DataError(f"data.frame_cache {data.frame_cache}: cannot write the decoded frames there ({error})") from error
+    D.barrier(info)
+    missing = cache.missing(sources)
+    if missing:
+        raise DataError(f"data.frame_cache {data.frame_cache}: {len(missing)} source(s) not cached after the build, "
+                        f"e.g. {missing[0].name}; another rank failed to decode them (see its log)")
+    if info.is_main:
+        log.info("%s", report.summary(cache.folder))
+    return cache
 
 
 def frame_list_fingerprint(dataset: FrameDataset) -> str:
