@@ -22,6 +22,7 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 
+from machine import machine_name  # benchmarks/machine.py (this script's folder)
 from vla_dino.ssl.losses import cross_entropy, prototype_cross_entropy
 
 
@@ -94,8 +95,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
-    print(f"iBOT student loss on {device} (torch {torch.__version__}, {torch.get_num_threads()} threads): "
-          f"K = {args.prototypes}, d = {args.dim}, bf16 = {args.bf16}, median of {args.iters}")
+    print(f"iBOT student loss on {machine_name(device)}: K = {args.prototypes}, d = {args.dim}, bf16 = {args.bf16}, median of {args.iters}")
     print(f"{'M rows':>7} {'logits ms':>10} {'chunked ms':>11} {'time ratio':>11} {'logits MiB':>11} "
           f"{'chunked MiB':>12} {'memory ratio':>13} {'max |Δ grad|':>13}")
     for rows in args.rows:

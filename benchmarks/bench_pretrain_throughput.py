@@ -14,7 +14,9 @@ batched on CUDA); resize (OpenCV in the worker; `square_resize_tensor` on the de
 worker's output, today and with `defer_jpeg`; `JpegBatchDecoder` (decode + resize + stack); host→device copy
 (pageable, pinned); multi-crop; copy + multi-crop in turn vs with `DevicePrefetcher` overlapping them. Then
 supply ÷ consumption for each (model, batch): one worker decoding as today, and (CUDA) one worker reading bytes
-while the main process decodes them on the GPU.
+while the main process decodes them on the GPU. Last, video sources at keyframe intervals 2 (LeRobot's encoding),
+30 and 250 (libx264's default): one worker's random reads, the `data.frame_cache` build (in order) and random reads
+from the cache.
 
     python benchmarks/bench_pretrain_throughput.py                       # CPU, tiny sizes
     python benchmarks/bench_pretrain_throughput.py --device cuda --sizes vits14 vitb14 --batch-sizes 32 64 \
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import random
 import tempfile
 import time
 from pathlib import Path
@@ -39,9 +42,9 @@ from torchvision.io import ImageReadMode, decode_jpeg
 
 from bench_data_pipeline import camera_frame  # this script's folder
 from machine import machine_name  # benchmarks/machine.py (this script's folder)
-from vla_dino.data import (DevicePrefetcher, FrameDataset, JpegBatchDecoder, collate_frames, discover_sources, square_resize,
+from vla_dino.data import (DevicePrefetcher, FrameCache, FrameDataset, JpegBatchDecoder, collate_frames, discover_sources, square_resize,
                            square_resize_tensor)
-from vla_dino.data.examples import write_image_folder
+from vla_dino.data.examples import write_image_folder, write_video
 from vla_dino.data.images import read_image, read_jpeg_bytes
 from vla_dino.encoder import DinoEncoder
 from vla_dino.pretrain.config import load_config, preset_path
@@ -157,6 +160,33 @@ def stage_rates(frame_size: int, batch: int, device: torch.device, augment: Mult
     return rows, checks
 
 
+def video_rates(frame_size: int, num_frames: int = 120, reads: int = 40) -> list[tuple[int, float, float, float]]:
+    """(keyframe interval, random reads f/s, frame-cache build f/s, cached random reads f/s) for one worker on a
+    640×480 H.264 video: without the cache a random read decodes from the keyframe before it."""
+    cv2.setNumThreads(1)  # as in a DataLoader worker
+    rows = []
+    for gop in (2, 30, 250):
+        with tempfile.TemporaryDirectory() as tmp:
+            write_video(Path(tmp) / "ep0" / "front.mp4", num_frames, gop=gop, height=480, width=640)
+            sources = discover_sources([tmp])
+            order = random.Random(0).sample(range(num_frames), reads)
+
+            def read_all(dataset: FrameDataset) -> float:
+                dataset[order[0]]  # opens the file
+                start = time.perf_counter()
+                for index in order:
+                    dataset[index]
+                return reads / (time.perf_counter() - start)
+
+            random_rate = read_all(FrameDataset(sources, frame_size=frame_size))
+            cache = FrameCache(Path(tmp) / "cache", frame_size)
+            start = time.perf_counter()
+            cache.build(sources, progress=False)
+            build_rate = num_frames / (time.perf_counter() - start)
+            rows.append((gop, random_rate, build_rate, read_all(FrameDataset(sources, frame_size=frame_size, frame_cache=cache))))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -217,6 +247,11 @@ def main() -> None:
         print(f"{stage:<52}{where:>8}{'-' if value is None else f'{value:.1f}':>11}")
     for check in checks:
         print(f"# check: {check}")
+    print(f"\n# video sources: one worker reading 640×480 H.264 frames → {config.data.frame_size}² in random order, and "
+          f"with data.frame_cache (built once, in order)")
+    print(f"{'keyframe interval':>17}{'random reads f/s':>18}{'cache build f/s':>17}{'cached reads f/s':>18}")
+    for gop, random_rate, build_rate, cached_rate in video_rates(config.data.frame_size):
+        print(f"{gop:>17}{random_rate:>18.1f}{build_rate:>17.1f}{cached_rate:>18.1f}")
     today = rows["1 DataLoader worker, today (all of the above)", "worker"]
     reading = rows["1 DataLoader worker, defer_jpeg (bytes)", "worker"]
     decoding = next(value for (stage, _), value in rows.items() if stage.startswith("JpegBatchDecoder"))
