@@ -109,3 +109,17 @@ def test_ranks_share_the_build(logs: Path, tmp_path: Path):
     assert first.missing(sources) == []
     dataset = FrameDataset(sources, frame_size=SIZE, frame_cache=first)  # rank 0 reads rank 1's source too
     assert all(np.array_equal(a, b) for a, b in zip(_frames(dataset), _frames(FrameDataset(sources, frame_size=SIZE))))
+
+
+def test_a_reading_process_keeps_a_bounded_number_of_files_open(logs: Path, tmp_path: Path, monkeypatch):
+    import vla_dino.data.frame_cache as frame_cache
+
+    monkeypatch.setattr(frame_cache, "_MAX_OPEN_FILES", 1)  # thousands of episodes would exhaust file descriptors
+    sources = discover_sources([logs])
+    cache = FrameCache(tmp_path / "cache", SIZE)
+    cache.build(sources, progress=False)
+    dataset = FrameDataset(sources, frame_size=SIZE, frame_cache=cache)
+    decoded = _frames(FrameDataset(sources, frame_size=SIZE))
+    for index in [0, 16, 1, 15, 2]:  # alternating between the two sources
+        assert torch.equal(dataset[index]["frame"], decoded[index])
+        assert len(cache._open) == 1

@@ -173,9 +173,12 @@ def state_step(out: Path) -> int:
 def test_two_process_gloo_run(frames, tmp_path: Path):
     out = tmp_path / "ddp"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "vla_dino.pretrain", *_command(frames, out, "--steps", "3", "--device", "cpu")]
+               "-m", "vla_dino.pretrain", *_command(frames, out, "--steps", "3", "--device", "cpu",
+                                                    "--frame-cache", str(tmp_path / "cache"))]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    # the two ranks decoded a source each into the shared frame cache (frames + ok flags per source)
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 4 and "frame cache" in result.stderr
     state = load_checkpoint(out / "checkpoints" / "step_00000003.pt")
     assert state["world_size"] == 2 and len(state["rng"]) == 2
     assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])  # per-rank augmentation streams

@@ -21,6 +21,7 @@ import hashlib
 import logging
 import multiprocessing
 import os
+from collections import OrderedDict
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ from vla_dino.data.base import FrameReadError, FrameSource
 logger = logging.getLogger(__name__)
 
 _VERSION = 1  # bump when the decode or the file layout changes
+_MAX_OPEN_FILES = 64  # memory maps kept open per process (thousands of episodes would exhaust file descriptors)
 
 
 @dataclass
@@ -57,7 +59,7 @@ class FrameCache:
     def __init__(self, folder: str | os.PathLike, frame_size: int, min_frame_side: int = 1) -> None:
         self.folder = Path(folder)
         self.frame_size, self.min_frame_side = frame_size, min_frame_side
-        self._open: dict[Path, tuple[np.ndarray, np.ndarray]] = {}  # this process's memory maps
+        self._open: OrderedDict[Path, tuple[np.ndarray, np.ndarray]] = OrderedDict()  # this process's memory maps
         self._open_pid: int | None = None
         self._files: dict[tuple, Path] = {}  # source identity → its cache file (after `build`)
 
@@ -123,17 +125,21 @@ class FrameCache:
         if file is None:
             return None
         if self._open_pid != os.getpid():  # memory maps are opened by the process that reads
-            self._open, self._open_pid = {}, os.getpid()
-        if file not in self._open:
-            self._open[file] = (np.load(file, mmap_mode="r"), np.load(self._ok_file(file)))
-        frames, ok = self._open[file]
+            self._open, self._open_pid = OrderedDict(), os.getpid()
+        entry = self._open.pop(file, None)
+        if entry is None:
+            entry = (np.load(file, mmap_mode="r"), np.load(self._ok_file(file)))
+        self._open[file] = entry  # most recently used last; each map holds a file descriptor
+        while len(self._open) > _MAX_OPEN_FILES:
+            self._open.popitem(last=False)
+        frames, ok = entry
         if not ok[frame]:
             raise FrameReadError(f"frame {frame} failed to decode when the frame cache {file} was built")
         return torch.from_numpy(np.array(frames[frame]))
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_open"], state["_open_pid"] = {}, None  # memory maps are not pickled to workers
+        state["_open"], state["_open_pid"] = OrderedDict(), None  # memory maps are not pickled to workers
         return state
 
 

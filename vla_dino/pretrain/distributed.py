@@ -62,9 +62,11 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
-def barrier(info: DistInfo) -> None:
+def barrier(info: DistInfo, host: bool = False) -> None:
+    """Wait for every rank; `host`: on the gloo host group (its timeout is 30 minutes, NCCL's 10), for waits
+    on host-side work such as the frame cache's build."""
     if info.distributed:
-        dist.barrier()
+        dist.barrier(group=info.host_group if host else None)
 
 
 def all_gather_objects(obj: Any, info: DistInfo) -> list[Any]:

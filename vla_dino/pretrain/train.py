@@ -586,7 +586,7 @@ def _build_frame_cache(config: PretrainConfig, sources: list[FrameSource], info:
                              shard=(info.rank, info.world_size))
     except OSError as error:
         raise DataError(f"data.frame_cache {data.frame_cache}: cannot write the decoded frames there ({error})") from error
-    D.barrier(info)
+    D.barrier(info, host=True)
     missing = cache.missing(sources)
     if missing:
         raise DataError(f"data.frame_cache {data.frame_cache}: {len(missing)} source(s) not cached after the build, "
