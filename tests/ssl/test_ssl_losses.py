@@ -93,6 +93,9 @@ def test_prototype_cross_entropy_matches_the_plain_path_with_its_gradients(chunk
     torch.testing.assert_close(fused, plain.float())  # the loss is accumulated in fp32
     for got, want in zip(grads, expected):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+    # a rank without masked patches: zero loss, zero gradients, still part of the graph (DDP waits for every grad)
+    empty = prototype_cross_entropy(features[:0], F.normalize(weight, dim=-1), targets[:0], 0.1, weights[:0], chunk_rows)
+    assert empty.item() == 0.0 and torch.autograd.grad(empty, weight)[0].abs().sum() == 0
 
 
 def test_prototype_cross_entropy_under_bf16_autocast_rounds_the_logits_like_f_linear():

@@ -22,7 +22,7 @@ import logging
 import multiprocessing
 import os
 from collections import OrderedDict
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,8 +100,11 @@ class FrameCache:
                 mine.append((source, file))
         bar = tqdm(total=sum(s.num_frames for s, _ in mine), unit="frame", desc="decoding into the frame cache",
                    disable=not (progress and mine))
-        context = multiprocessing.get_context("spawn")  # no fork of a process holding threads (tqdm, gloo)
-        with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=context) if len(mine) > 1 and workers > 1 else _InProcess() as pool:
+        if len(mine) > 1 and workers > 1:  # spawned: no fork of a process holding threads (tqdm, gloo)
+            pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+        else:
+            pool = _InProcess()
+        with pool:
             futures = [pool.submit(_decode_source, source, file, self.frame_size, self.min_frame_side) for source, file in mine]
             for future in as_completed(futures):
                 frames, failed, size = future.result()
@@ -192,9 +195,7 @@ class _InProcess:
     def __exit__(self, *exc) -> None:
         pass
 
-    def submit(self, fn, *args):
-        from concurrent.futures import Future
-
+    def submit(self, fn, *args) -> Future:
         future: Future = Future()
         future.set_result(fn(*args))
         return future
