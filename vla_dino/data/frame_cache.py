@@ -10,7 +10,8 @@ workers then read memory-mapped frames. Disk: 3·S² bytes a frame (196 KiB at S
 
 A source's fingerprint covers what its frames depend on: kind, path, key, frame count, frame_size, min_frame_side
 and the size and modification time of its file(s) (a LeRobot dataset: `meta/info.json`), so an edited source is
-decoded again and an unchanged one is reused across runs. Frames that fail to decode are marked in
+decoded again and an unchanged one is reused across runs (the old entry stays: delete the folder to reclaim it;
+several datasets may share one folder). Frames that fail to decode are marked in
 `<fingerprint>.ok.npy` and skipped (and counted) when read, as without the cache. Files are written under
 temporary names and renamed, the frames last, so a killed build leaves nothing that a later run would trust.
 """

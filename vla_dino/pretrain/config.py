@@ -61,8 +61,9 @@ class DataConfig:
     # training process decodes each batch with nvJPEG (other formats stay with the workers)
     decode_device: str = "cpu"
     # A folder: every source decoded once, in order, into it at frame_size (3·frame_size² bytes a frame), and read
-    # from there; later runs reuse what is unchanged. Pays off most for videos, where a random read decodes from
-    # the keyframe before it. None: decode every read.
+    # from there (decode_device then has nothing left to decode); later runs reuse what is unchanged, entries of
+    # changed sources stay until the folder is deleted. Pays off most for videos, where a random read decodes
+    # from the keyframe before it. None: decode every read.
     frame_cache: str | None = None
 
 
