@@ -11,7 +11,7 @@ Then frames/s per stage of the data path, on a batch of 640×480 camera-like JPE
 DataLoader worker process, one thread; main = the training process; device = the training device): read bytes
 (`defer_jpeg`'s worker: file + header check); decode (Pillow in the worker; torchvision's libjpeg-turbo; nvJPEG
 batched on CUDA); resize (OpenCV in the worker; `square_resize_tensor` on the device); collate; one DataLoader
-worker's output, today and with `defer_jpeg`; `JpegBatchDecoder` (decode + resize + stack); host→device copy
+worker's output, today, with `defer_jpeg` and with `data.frame_cache`; `JpegBatchDecoder` (decode + resize + stack); host→device copy
 (pageable, pinned); multi-crop; copy + multi-crop in turn vs with `DevicePrefetcher` overlapping them. Then
 supply ÷ consumption for each (model, batch): one worker decoding as today, and (CUDA) one worker reading bytes
 while the main process decodes them on the GPU. Last, video sources at keyframe intervals 2 (LeRobot's encoding),
@@ -127,6 +127,10 @@ def stage_rates(frame_size: int, batch: int, device: torch.device, augment: Mult
         rate("collate", "worker", lambda: collate_frames(samples), on=cpu)
         rows.append(("1 DataLoader worker, today (all of the above)", "worker", loader_rate(today, batch, cuda)))
         rows.append(("1 DataLoader worker, defer_jpeg (bytes)", "worker", loader_rate(deferred, batch, cuda)))
+        cache = FrameCache(Path(tmp) / "cache", frame_size)
+        cache.build(sources, progress=False)
+        cached = FrameDataset(sources, frame_size=frame_size, frame_cache=cache)
+        rows.append(("1 DataLoader worker, data.frame_cache", "worker", loader_rate(cached, batch, cuda)))
         deferred_batch = collate_frames([deferred[i] for i in range(batch)])
         decoder = JpegBatchDecoder(deferred, device)
         rate("JpegBatchDecoder: decode + resize + stack", "device" if cuda else "main", lambda: decoder(deferred_batch))
