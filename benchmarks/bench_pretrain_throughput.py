@@ -13,7 +13,8 @@ DataLoader worker process, one thread; main = the training process; device = the
 batched on CUDA); resize (OpenCV in the worker; `square_resize_tensor` on the device); collate; one DataLoader
 worker's output, today, with `defer_jpeg` and with `data.frame_cache`; `JpegBatchDecoder` (decode + resize + stack); host→device copy
 (pageable, pinned); multi-crop; copy + multi-crop in turn vs with `DevicePrefetcher` overlapping them. Then
-supply ÷ consumption for each (model, batch): one worker decoding as today, and (CUDA) one worker reading bytes
+supply ÷ consumption for each (model, batch): one worker decoding as today, one reading `data.frame_cache`, and
+(CUDA) one worker reading bytes
 while the main process decodes them on the GPU. Last, video sources at keyframe intervals 2 (LeRobot's encoding),
 30 and 250 (libx264's default): one worker's random reads, the `data.frame_cache` build (in order) and random reads
 from the cache.
@@ -257,14 +258,15 @@ def main() -> None:
     for gop, random_rate, build_rate, cached_rate in video_rates(config.data.frame_size):
         print(f"{gop:>17}{random_rate:>18.1f}{build_rate:>17.1f}{cached_rate:>18.1f}")
     today = rows["1 DataLoader worker, today (all of the above)", "worker"]
+    cached = rows["1 DataLoader worker, data.frame_cache", "worker"]
     reading = rows["1 DataLoader worker, defer_jpeg (bytes)", "worker"]
     decoding = next(value for (stage, _), value in rows.items() if stage.startswith("JpegBatchDecoder"))
     print("\n# supply ÷ consumption (full step); ≥ 2 = the issue's headroom goal")
-    print(f"{'model':<12}{'batch':>6}{'1 worker, today':>17}{'1 worker reading + GPU decoding':>33}")
+    print(f"{'model':<12}{'batch':>6}{'1 worker, today':>17}{'1 worker, frame cache':>23}{'1 worker reading + GPU decoding':>33}")
     for (size, step_batch), rate in consumption.items():
         # on CPU the main process's decode takes cores from the step: not a supply worth adding
         deferred = f"{min(reading, decoding) / rate:>32.2f}×" if device.type == "cuda" else f"{'-':>33}"
-        print(f"{size:<12}{step_batch:>6}{today / rate:>16.2f}×{deferred}")
+        print(f"{size:<12}{step_batch:>6}{today / rate:>16.2f}×{cached / rate:>22.2f}×{deferred}")
 
 
 if __name__ == "__main__":
