@@ -14,8 +14,7 @@ batched on CUDA); resize (OpenCV in the worker; `square_resize_tensor` on the de
 worker's output, today, with `defer_jpeg` and with `data.frame_cache`; `JpegBatchDecoder` (decode + resize + stack); host→device copy
 (pageable, pinned); multi-crop; copy + multi-crop in turn vs with `DevicePrefetcher` overlapping them. Then
 supply ÷ consumption for each (model, batch): one worker decoding as today, one reading `data.frame_cache`, and
-(CUDA) one worker reading bytes
-while the main process decodes them on the GPU. Last, video sources at keyframe intervals 2 (LeRobot's encoding),
+(CUDA) one worker reading bytes while the main process decodes them on the GPU. Last, video sources at keyframe intervals 2 (LeRobot's encoding),
 30 and 250 (libx264's default): one worker's random reads, the `data.frame_cache` build (in order) and random reads
 from the cache.
 
